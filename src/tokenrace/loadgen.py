@@ -1,0 +1,184 @@
+"""The load generator: sends a workload's requests on a load profile's schedule.
+
+Closed loop (synchronous, fixed concurrency): N workers, each sends its next request as soon as the
+previous one finished, so ``scheduled_s`` is the moment a worker became free. Open loop (constant,
+Poisson, gamma): a dispatcher sends request *i* at ``start + offset_i`` whatever is still in flight, with an
+optional cap on concurrency; ``scheduled_s`` is the intended time, so any delay of ours (or the cap's) shows
+up as schedule lag, never inside the endpoint's latency.
+
+Every finished record — completed, failed, or cancelled by a stop — goes to ``on_record`` at once, which
+is how the store receives it while the run is still going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from time import perf_counter
+
+from tokenrace.clients import EndpointClient
+from tokenrace.profiles import LoadProfile, arrival_offsets
+from tokenrace.records import FAILED, OK, PHASE_MEASURE, PHASE_WARMUP, RequestRecord
+from tokenrace.workloads import Workload
+
+
+@dataclass
+class LiveStats:
+    """Cheap running counters for the progress display."""
+
+    started: float = field(default_factory=perf_counter)
+    completed: int = 0
+    failed: int = 0
+    incomplete: int = 0
+    in_flight: int = 0
+    recent_ttft_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+
+    def add(self, record: RequestRecord) -> None:
+        if record.status == OK:
+            self.completed += 1
+            if record.first_token_s is not None and record.sent_s is not None:
+                self.recent_ttft_ms.append((record.first_token_s - record.sent_s) * 1000)
+        elif record.status == FAILED:
+            self.failed += 1
+        else:
+            self.incomplete += 1
+
+    def p50_ttft_ms(self) -> float | None:
+        if not self.recent_ttft_ms:
+            return None
+        ordered = sorted(self.recent_ttft_ms)
+        return ordered[len(ordered) // 2]
+
+    def requests_per_s(self) -> float:
+        elapsed = perf_counter() - self.started
+        return self.completed / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass
+class LoadResult:
+    records: list[RequestRecord]
+    interrupted: bool
+
+
+async def run_load(
+    client: EndpointClient,
+    workload: Workload,
+    profile: LoadProfile,
+    *,
+    run_id: str,
+    on_record: Callable[[RequestRecord], None] | None = None,
+    stop: asyncio.Event | None = None,
+    stats: LiveStats | None = None,
+    max_concurrency: int | None = None,
+) -> LoadResult:
+    """Run ``profile`` against ``client``; returns every record (warmup included, marked as such).
+
+    Setting ``stop`` ends the run: nothing new is sent and requests in flight are cancelled (their
+    records are kept with status ``incomplete``).
+    """
+    stop = stop or asyncio.Event()
+    stats = stats or LiveStats()
+    records: list[RequestRecord] = []
+    origin = client.origin
+    requests = workload.requests(profile.seed)
+    warmup = profile.warmup_requests
+    total = None if profile.requests is None else warmup + profile.requests
+    in_flight: set[asyncio.Task[None]] = set()
+    deadline: list[float | None] = [None]  # set when the first measured request goes out
+
+    def finished(record: RequestRecord) -> None:
+        records.append(record)
+        stats.add(record)
+        if on_record is not None:
+            on_record(record)
+
+    async def send(seq: int, scheduled_s: float) -> None:
+        record = client.new_record(run_id, seq, scheduled_s, workload.name)
+        record.phase = PHASE_WARMUP if seq < warmup else PHASE_MEASURE
+        if seq == warmup and profile.duration_s is not None:
+            deadline[0] = perf_counter() + profile.duration_s
+        stats.in_flight += 1
+        try:
+            await client.send(next(requests), record)
+        finally:
+            stats.in_flight -= 1
+            finished(record)
+
+    def may_send(seq: int) -> bool:
+        if stop.is_set() or (total is not None and seq >= total):
+            return False
+        return deadline[0] is None or perf_counter() < deadline[0]
+
+    counter = itertools.count()
+    if profile.kind in ("synchronous", "concurrency"):
+        workers = 1 if profile.kind == "synchronous" else int(profile.concurrency or 1)
+
+        async def worker() -> None:
+            while may_send(seq := next(counter)):
+                await send(seq, perf_counter() - origin)
+
+        tasks = [asyncio.create_task(worker()) for _ in range(workers)]
+        in_flight.update(tasks)
+        await _wait_or_stop(tasks, stop)
+    else:
+        cap = asyncio.Semaphore(max_concurrency or profile.concurrency or 10**9)
+        start = perf_counter()
+        sleep = asyncio.sleep
+        for seq, offset in zip(counter, arrival_offsets(profile), strict=False):
+            if not may_send(seq):
+                break
+            delay = start + offset - perf_counter()
+            if delay > 0.05:  # long gaps: wake at once on Ctrl-C
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    break
+            elif delay > 0:
+                await sleep(delay)
+            if cap.locked():
+                await _acquire_or_stop(cap, stop)
+                if stop.is_set():
+                    break
+            else:
+                await cap.acquire()
+            task = asyncio.create_task(send(seq, start + offset - origin))
+            in_flight.add(task)
+            task.add_done_callback(lambda t: (in_flight.discard(t), cap.release()))
+        if in_flight:
+            await _wait_or_stop(list(in_flight), stop)
+    interrupted = stop.is_set()
+    if in_flight:
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+    records.sort(key=lambda r: r.seq)
+    return LoadResult(records=records, interrupted=interrupted)
+
+
+async def _wait_or_stop(tasks: list[asyncio.Task[None]], stop: asyncio.Event) -> None:
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        pending = set(tasks)
+        while pending and not stop.is_set():
+            done, pending = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(stopper)
+            for task in done:
+                if task is not stopper and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+    finally:
+        stopper.cancel()
+
+
+async def _acquire_or_stop(cap: asyncio.Semaphore, stop: asyncio.Event) -> None:
+    acquire = asyncio.create_task(cap.acquire())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not acquire.done():
+        acquire.cancel()
+    elif stop.is_set():
+        cap.release()

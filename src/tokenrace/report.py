@@ -1,0 +1,122 @@
+"""Terminal rendering of summaries and run lists (rich). Pure presentation: no metric is computed here."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+
+from tokenrace.records import RunInfo
+
+_METRIC_ROWS = (
+    ("ttft_ms", "TTFT", "ms"),
+    ("ttfat_ms", "time to first answer token", "ms"),
+    ("output_speed_tps", "output speed", "tok/s"),
+    ("tpot_ms", "TPOT", "ms"),
+    ("itl_ms", "ITL", "ms"),
+    ("e2e_ms", "E2E latency", "ms"),
+    ("schedule_lag_ms", "schedule lag", "ms"),
+)
+_STATS = ("mean", "std", "min", "p50", "p90", "p95", "p99", "p999", "max")
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def summary_renderable(summary: dict[str, Any]) -> Group:
+    """The final table of a run: counts, throughput, every latency distribution, tokens, errors."""
+    requests = summary["requests"]
+    throughput = summary["throughput"]
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("run", summary.get("run_id", "–"))
+    head.add_row("endpoint", summary.get("endpoint", "–"))
+    head.add_row("workload", summary.get("workload", "–"))
+    profile = summary.get("profile") or {}
+    head.add_row("profile", ", ".join(f"{k}={v}" for k, v in profile.items() if v not in (None, 0, "")))
+    head.add_row(
+        "requests",
+        f"{requests['completed']} completed, {requests['failed']} failed, "
+        f"{requests['incomplete']} incomplete, {requests.get('warmup', 0)} warmup (excluded)",
+    )
+    head.add_row(
+        "throughput",
+        f"{_fmt(throughput['requests_per_s'])} req/s, {_fmt(throughput['output_tokens_per_s'], 1)} output tok/s"
+        f" over {_fmt(summary.get('duration_s'))} s",
+    )
+    tokens = summary.get("tokens") or {}
+    discrepancy = tokens.get("discrepancy_pct")
+    head.add_row(
+        "output tokens",
+        f"server {_fmt(tokens.get('server_output'))}, client (cl100k) {_fmt(tokens.get('client_output'))}"
+        + (f", discrepancy {discrepancy:+.2f}%" if discrepancy is not None else ""),
+    )
+    goodput = summary.get("goodput")
+    if goodput:
+        head.add_row(
+            "goodput",
+            f"{_fmt(goodput.get('good_requests'))} requests met the SLO "
+            f"({_fmt((goodput.get('good_fraction') or 0) * 100, 1)}%), "
+            f"{_fmt(goodput.get('goodput_requests_per_s'))} req/s",
+        )
+    errors = summary.get("errors") or {}
+    if errors:
+        head.add_row("errors", ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())))
+
+    table = Table(title="latency and speed (successful, measured requests)", title_justify="left")
+    table.add_column("metric")
+    table.add_column("unit")
+    for stat in _STATS:
+        table.add_column(stat, justify="right")
+    metrics = summary.get("metrics") or {}
+    for key, label, unit in _METRIC_ROWS:
+        stats = metrics.get(key)
+        if not stats or not stats.get("count"):
+            continue
+        table.add_row(label, unit, *(_fmt(stats.get(s)) for s in _STATS))
+    parts: list[Any] = [head, table]
+    server = summary.get("server")
+    if server:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold")
+        grid.add_column()
+        for key, value in server.items():
+            shown = _fmt(value.get("p50")) + " (p50)" if isinstance(value, dict) else _fmt(value)
+            grid.add_row(f"server {key}", shown)
+        parts.append(grid)
+    return Group(*parts)
+
+
+def runs_table(runs: list[RunInfo]) -> Table:
+    table = Table(title="runs (newest first)", title_justify="left")
+    for column in ("run id", "started", "status", "endpoint", "workload", "profile", "ok/failed", "req/s"):
+        table.add_column(column)
+    for run in runs:
+        summary = run.summary or {}
+        requests = summary.get("requests") or {}
+        throughput = summary.get("throughput") or {}
+        profile = run.profile or {}
+        shape = profile.get("kind", "")
+        if profile.get("rate"):
+            shape += f" {profile['rate']:g}/s"
+        if profile.get("concurrency"):
+            shape += f" c={profile['concurrency']}"
+        table.add_row(
+            run.run_id,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started_at)),
+            "incomplete (no writer)" if run.status == "running" else run.status,
+            run.endpoint,
+            run.workload,
+            shape,
+            f"{requests.get('completed', '–')}/{requests.get('failed', '–')}",
+            _fmt(throughput.get("requests_per_s")),
+        )
+    return table

@@ -1,0 +1,168 @@
+"""Workloads: what to send. A workload yields requests; the load profile decides when.
+
+``synthetic:input=1000,output=200`` builds prompts of an exact cl100k token count from words that are one
+token each, with a unique prefix per request so no prefix cache can flatter the endpoint.
+``jsonl:PATH`` replays the user's own prompts (``messages`` or ``prompt`` per line).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tokenrace.tokenizer import count_tokens
+
+# Common words that are exactly one cl100k token when preceded by a space (checked in tests).
+SINGLE_TOKEN_WORDS = (
+    "the time people year way day man thing woman life child world school state family student group "
+    "country problem hand part place case week company system program question work government number "
+    "night point home water room mother area money story fact month lot right study book eye job word "
+    "business issue side kind head house service friend father power hour game line end member law car "
+    "city community name president team minute idea kid body information back parent face others level "
+    "office door health person art war history party result change morning reason research girl guy "
+    "moment air teacher force education"
+).split()
+
+WORKLOAD_KINDS = ("synthetic", "jsonl")
+
+
+class WorkloadError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class WorkloadRequest:
+    """One request to send: chat messages (completion APIs get them flattened into a prompt)."""
+
+    prompt_id: str
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # extra body fields (temperature, ignore_eos...)
+    input_tokens: int | None = None  # cl100k count of the prompt text, when known
+
+    @property
+    def prompt(self) -> str:
+        return "\n\n".join(_text_of(m.get("content")) for m in self.messages)
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str  # the spec as the user wrote it, stored with the run
+    kind: str
+    options: dict[str, Any]
+
+    def requests(self, seed: int = 0) -> Iterator[WorkloadRequest]:
+        """Endless stream of requests (a finite file is cycled)."""
+        if self.kind == "synthetic":
+            return _synthetic(self.options, seed)
+        return _jsonl(Path(self.options["path"]), self.options)
+
+
+def parse_workload(spec: str) -> Workload:
+    """``synthetic:input=1000,output=200[,ignore_eos=1,temperature=0]`` or ``jsonl:PATH[,output=N]``."""
+    kind, _, rest = spec.partition(":")
+    if kind not in WORKLOAD_KINDS:
+        raise WorkloadError(
+            f"unknown workload {spec!r}; valid: synthetic:input=N,output=M[,ignore_eos=1] or jsonl:PATH"
+        )
+    if kind == "jsonl":
+        path, _, opts = rest.partition(",")
+        if not path:
+            raise WorkloadError("jsonl workload needs a path: jsonl:prompts.jsonl")
+        if not Path(path).is_file():
+            raise WorkloadError(f"workload file not found: {path}")
+        options: dict[str, Any] = {"path": path, **_parse_options(opts, spec, {"output", "temperature"})}
+        return Workload(spec, kind, options)
+    options = {"input": 256, "output": 128, **_parse_options(rest, spec, _SYNTHETIC_KEYS)}
+    if options["input"] < 1 or options["output"] < 1:
+        raise WorkloadError(f"{spec}: input and output must be >= 1")
+    return Workload(spec, kind, options)
+
+
+_SYNTHETIC_KEYS = {"input", "output", "ignore_eos", "temperature", "vary"}
+
+
+def _parse_options(text: str, spec: str, allowed: set[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in allowed:
+            raise WorkloadError(f"{spec}: bad option {item!r}; valid options: {', '.join(sorted(allowed))}")
+        try:
+            options[key] = int(value) if key in ("input", "output", "ignore_eos") else float(value)
+        except ValueError as exc:
+            raise WorkloadError(f"{spec}: {key} must be a number, got {value!r}") from exc
+    return options
+
+
+def synthetic_prompt(tokens: int, rng: random.Random, request_number: int) -> tuple[str, int]:
+    """A prompt of ``tokens`` cl100k tokens (at least the unique prefix) whose first tokens are unique
+    to the request; returns the text and its exact token count."""
+    unique = f"Request {request_number}:"
+    prefix_tokens = count_tokens(unique)
+    words = rng.choices(SINGLE_TOKEN_WORDS, k=max(tokens - prefix_tokens, 0))
+    return unique + "".join(" " + w for w in words), prefix_tokens + len(words)
+
+
+def _synthetic(options: dict[str, Any], seed: int) -> Iterator[WorkloadRequest]:
+    rng = random.Random(seed)
+    vary = float(options.get("vary", 0.0))  # ± fraction of the input length, uniform
+    params: dict[str, Any] = {"temperature": float(options.get("temperature", 0.0))}
+    if options.get("ignore_eos"):
+        params["ignore_eos"] = True  # vLLM / llama.cpp / SGLang: force exactly `output` tokens
+    number = 0
+    while True:
+        length = options["input"]
+        if vary:
+            length = max(1, round(length * (1 + rng.uniform(-vary, vary))))
+        text, length = synthetic_prompt(length, rng, number)
+        yield WorkloadRequest(
+            prompt_id=f"synthetic-{number}",
+            messages=[{"role": "user", "content": text}],
+            max_tokens=options["output"],
+            params=dict(params),
+            input_tokens=length,
+        )
+        number += 1
+
+
+def _jsonl(path: Path, options: dict[str, Any]) -> Iterator[WorkloadRequest]:
+    items: list[WorkloadRequest] = []
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise WorkloadError(f"{path}:{line_number}: not valid JSON: {exc}") from exc
+        if isinstance(row.get("messages"), list):
+            messages = row["messages"]
+        elif isinstance(row.get("prompt"), str):
+            messages = [{"role": "user", "content": row["prompt"]}]
+        else:
+            raise WorkloadError(f"{path}:{line_number}: needs a 'messages' list or a 'prompt' string")
+        request = WorkloadRequest(
+            prompt_id=str(row.get("id", f"{path.name}:{line_number}")),
+            messages=messages,
+            max_tokens=row.get("max_tokens", options.get("output")),
+            params={"temperature": options.get("temperature", 0.0)},
+        )
+        request.input_tokens = count_tokens(request.prompt)
+        items.append(request)
+    if not items:
+        raise WorkloadError(f"{path}: no requests in file")
+    while True:
+        yield from items

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import pytest
-
 from tokenrace.emulator import EmulatorProcess, EmulatorSettings
+
 from tokenrace.store import Store
 
 

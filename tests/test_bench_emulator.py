@@ -129,7 +129,7 @@ async def test_each_injected_fault_is_categorised_and_the_run_goes_on(emulator, 
 
 async def test_unreachable_endpoint_fails_in_preflight_before_any_run(store):
     endpoint = EndpointConfig.adhoc("http://127.0.0.1:9/v1", "openai-chat", "m", name="dead")
-    with pytest.raises(PreflightError, match="'dead'.*unreachable"):
+    with pytest.raises(PreflightError, match=r"'dead'.*unreachable"):
         await _bench(None, store, endpoint=endpoint)
     assert store.list_runs() == []
 

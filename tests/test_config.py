@@ -154,8 +154,7 @@ def test_yaml_bad_api_value(tmp_path: Path) -> None:
     assert (err.line, err.field) == (7, "endpoints[1].api")
     assert err.path is not None and err.path.endswith("tokenrace.yaml")
     assert str(err) == (
-        f"{err.path}:7: endpoints[1].api: Input should be 'openai-chat', 'openai-completions' "
-        "or 'anthropic-messages'"
+        f"{err.path}:7: endpoints[1].api: Input should be 'openai-chat', 'openai-completions' or 'anthropic-messages'"
     )
 
 

@@ -11,7 +11,7 @@ def test_events_split_across_reads_are_completed_by_the_read_that_ends_them():
 
 def test_named_events_multiline_data_and_comments():
     decoder = SSEDecoder()
-    events = decoder.feed(b": ping\n\nevent: message_start\ndata: {\"x\":\ndata: 1}\n\nevent: ping\n\n")
+    events = decoder.feed(b': ping\n\nevent: message_start\ndata: {"x":\ndata: 1}\n\nevent: ping\n\n')
     assert events == [("message_start", b'{"x":\n1}'), ("ping", b"")]
 
 

@@ -8,6 +8,7 @@ process was killed outright).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import secrets
@@ -41,10 +42,8 @@ def new_run_id() -> str:
 def versions() -> dict[str, str]:
     found = {"tokenrace": __version__, "python": sys.version.split()[0]}
     for package in ("httptools", "uvloop", "orjson", "tiktoken", "numpy", "sqlalchemy"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
     return found
 
 
@@ -54,6 +53,7 @@ def host_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
+        "pid": os.getpid(),
     }
 
 

@@ -356,5 +356,3 @@ def demo(
         "[bold]tokenrace bench --base-url URL --model NAME[/] (see tokenrace.example.yaml)."
     )
     db.close()
-
-

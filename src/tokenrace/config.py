@@ -220,8 +220,7 @@ class EndpointConfig(_Strict):
         for suffix in _ENDPOINT_SUFFIXES:
             if urlsplit(v).path.endswith(suffix):
                 raise ValueError(
-                    f"must be the API root (e.g. https://api.openai.com/v1), "
-                    f"without {suffix!r}: the client appends it"
+                    f"must be the API root (e.g. https://api.openai.com/v1), without {suffix!r}: the client appends it"
                 )
         return v
 
@@ -229,9 +228,7 @@ class EndpointConfig(_Strict):
     @classmethod
     def _env_is_a_name(cls, v: str | None) -> str | None:
         if v is not None and not _ENV_NAME_RE.match(v):
-            raise ValueError(
-                "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key itself"
-            )
+            raise ValueError("must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key itself")
         return v
 
     @field_validator("api_key_file")

@@ -56,7 +56,8 @@ class LoadProfile:
     kind: str  # one of KINDS
     rate: float | None = None  # requests/s for constant/poisson/gamma
     concurrency: int | None = None  # fixed concurrency (kind concurrency) or the cap for rate-based kinds
-    burstiness: float = 1.0  # gamma: shape k = 1/burstiness, so CV² of the intervals == burstiness
+    burstiness: float = 1.0  # gamma: shape k = 1/burstiness, so CV² of the intervals == burstiness;
+    # >1 burstier than Poisson, <1 more regular; set to 1.0 for other kinds
     requests: int | None = None
     duration_s: float | None = None
     warmup_requests: int = 0
@@ -72,14 +73,16 @@ class LoadProfile:
             raise ValueError(f"a {self.kind} profile takes no rate")
         if self.kind == CONCURRENCY and self.concurrency is None:
             raise ValueError("a concurrency profile needs concurrency >= 1")
-        if self.kind == SYNCHRONOUS and self.concurrency not in (None, 1):
-            raise ValueError("a synchronous profile has concurrency 1")
         if self.concurrency is not None and self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         if not (math.isfinite(self.burstiness) and self.burstiness > 0):
             raise ValueError("burstiness must be > 0")
-        if self.kind != GAMMA and self.burstiness != 1.0:
-            raise ValueError("burstiness applies to gamma arrivals only")
+        # Normalise fields a kind ignores, so dataclasses.replace(profile, kind=...) (the sweep does
+        # this) always gives a consistent profile and describe() never stores a misleading value.
+        if self.kind != GAMMA:
+            object.__setattr__(self, "burstiness", 1.0)
+        if self.kind == SYNCHRONOUS:
+            object.__setattr__(self, "concurrency", None)
         if self.requests is not None and self.requests < 1:
             raise ValueError("requests must be >= 1")
         if self.duration_s is not None and not (math.isfinite(self.duration_s) and self.duration_s > 0):
@@ -193,9 +196,7 @@ def parse_duration(text: str) -> float:
         return float(s)
     if s and _DURATION_FULL.fullmatch(s):
         return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(s))
-    raise ValueError(
-        f"invalid duration {text!r}: use seconds (30) or a number with a unit: 500ms, 60s, 2m, 1h, 1m30s"
-    )
+    raise ValueError(f"invalid duration {text!r}: use seconds (30) or a number with a unit: 500ms, 60s, 2m, 1h, 1m30s")
 
 
 def _parse_arrival(arrival: str) -> tuple[str, float]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import pytest
-from tokenrace.emulator import EmulatorProcess, EmulatorSettings
+import uvloop
 
+from tokenrace.emulator import EmulatorProcess, EmulatorSettings
 from tokenrace.store import Store
 
 
@@ -27,3 +29,9 @@ def store(tmp_path) -> Iterator[Store]:
     db = Store.open(str(tmp_path / "tokenrace.db"))
     yield db
     db.close()
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    """Tests run on uvloop, the loop the CLI uses."""
+    return uvloop.EventLoopPolicy()

@@ -36,6 +36,10 @@ __all__ = [
     "UnknownEndpointError",
     "find_config",
     "load_config",
+    "parse_toml",
+    "parse_yaml",
+    "redact_headers",
+    "redact_url",
 ]
 
 Api = Literal["openai-chat", "openai-completions", "anthropic-messages"]
@@ -410,6 +414,10 @@ def parse_yaml(text: str, path: str = "<yaml>") -> Config:
         line = mark.line + 1 if mark is not None else None
         problem = err.problem or err.context or "invalid YAML"
         col = f" (column {mark.column + 1})" if mark is not None else ""
+        ctx = err.context_mark
+        if err.problem and err.context and ctx is not None and ctx is not mark:
+            # e.g. an unclosed quote: the problem is at the end, the cause where the quote opened.
+            col += f", {err.context} on line {ctx.line + 1}"
         raise ConfigError(f"YAML syntax error: {problem}{col}", path=path, line=line) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"YAML error: {type(err).__name__}", path=path) from None
@@ -476,6 +484,7 @@ def _from_validation(
         if e["type"] == "extra_forbidden":
             msg = "unknown field" + _field_hint(loc)
         problems.append(ConfigError(msg, path=path, line=locate(loc), field=_dotted(loc)))
+    problems.sort(key=lambda p: p.line if p.line is not None else 1 << 30)  # top of the file first
     first = problems[0]
     return ConfigError(first.message, path=path, line=first.line, field=first.field, problems=problems)
 

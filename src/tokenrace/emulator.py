@@ -927,8 +927,10 @@ def _child_main() -> None:
 
     def watch_parent() -> None:
         # The parent holds our stdin open; EOF means it is gone, so do not outlive it.
+        # os.read, not sys.stdin: a daemon thread blocked in a buffered read aborts interpreter exit.
         with contextlib.suppress(OSError):
-            sys.stdin.buffer.read()
+            while os.read(0, 4096):
+                pass
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch_parent, daemon=True).start()

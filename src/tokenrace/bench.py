@@ -76,6 +76,7 @@ def make_client(endpoint: EndpointConfig, clock: RunClock) -> EndpointClient:
         connect_timeout_s=endpoint.timeouts.connect_s,
         first_token_timeout_s=endpoint.timeouts.first_token_s,
         idle_timeout_s=endpoint.timeouts.idle_s,
+        total_timeout_s=endpoint.timeouts.total_s,
     )
 
 
@@ -110,7 +111,13 @@ async def run_bench(
         endpoint=endpoint.name,
         workload=workload.name,
         profile={**profile.describe(), **(extra_profile or {})},
-        config={"endpoint": endpoint.public_dict(), "args": cli_args or {}},
+        config={
+            "endpoint": endpoint.public_dict(),
+            "args": cli_args or {},
+            # record times are seconds after this perf_counter value: lets a reader line them up with
+            # other monotonic timestamps taken on the same host (server logs, the emulator's write times)
+            "clock": {"monotonic_origin": clock.origin, "wall_origin": clock.wall_origin},
+        },
         versions=versions(),
         host=host_info(),
     )

@@ -26,7 +26,9 @@ from tokenrace.records import (
     ERR_HTTP_5XX,
     ERR_MALFORMED,
     ERR_RATE_LIMIT,
+    ERR_STALL,
     ERR_STREAM_CUT,
+    ERR_TIMEOUT,
     FAILED,
     INCOMPLETE,
     OK,
@@ -283,6 +285,7 @@ class EndpointClient:
         connect_timeout_s: float = 10.0,
         first_token_timeout_s: float = 120.0,
         idle_timeout_s: float = 60.0,
+        total_timeout_s: float = 600.0,
     ) -> None:
         if api not in DECODERS:
             raise ValueError(f"unknown api {api!r}; valid: {', '.join(APIS)}")
@@ -295,6 +298,7 @@ class EndpointClient:
         self._decode = DECODERS[api]
         self.first_token_timeout_s = first_token_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        self.total_timeout_s = total_timeout_s
         self.pool = ConnectionPool(base_url, connect_timeout=connect_timeout_s)
 
     def new_record(self, run_id: str, seq: int, scheduled_s: float, workload: str) -> RequestRecord:
@@ -319,11 +323,13 @@ class EndpointClient:
         response: Response | None = None
         loop_time = asyncio.get_running_loop().time
         record.sent_s = _now() - origin
+        deadline_total = loop_time() + self.total_timeout_s
+        deadline_first = loop_time() + min(self.first_token_timeout_s, self.total_timeout_s)
         try:
             response, connect_s = await self.pool.request("POST", path, headers, body)
             if connect_s is not None:
                 record.extra["connect_ms"] = round(connect_s * 1000, 3)
-            await response.wait_headers(self.first_token_timeout_s)
+            await response.wait_headers(max(deadline_first - loop_time(), 0.001))
             record.headers_s = response.headers_at - origin  # type: ignore[operator]
             record.http_status = response.status
             if response.status != 200:
@@ -332,9 +338,8 @@ class EndpointClient:
             decoder = SSEDecoder()
             decode = self._decode
             events = record.event_times_s
-            timeout = self.first_token_timeout_s
-            deadline_first = loop_time() + timeout
-            while pieces := await response.next_chunks(timeout):
+            timeout, category = max(deadline_first - loop_time(), 0.001), ERR_TIMEOUT
+            while pieces := await response.next_chunks(timeout, category):
                 for arrived, data in pieces:
                     t = arrived - origin
                     for name, payload in decoder.feed(data):
@@ -346,10 +351,13 @@ class EndpointClient:
                             raise StreamError(
                                 ERR_MALFORMED, f"event {len(events)} is not valid JSON: {payload[:120]!r}"
                             ) from exc
-                if record.first_token_s is not None:
-                    timeout = self.idle_timeout_s
+                now = loop_time()
+                if record.first_token_s is None:  # still waiting for the first token: its own deadline
+                    timeout, category = max(deadline_first - now, 0.001), ERR_TIMEOUT
+                elif deadline_total - now > self.idle_timeout_s:  # mid-stream: silence is a stall
+                    timeout, category = self.idle_timeout_s, ERR_STALL
                 else:
-                    timeout = max(deadline_first - loop_time(), 0.001)
+                    timeout, category = max(deadline_total - now, 0.001), ERR_TIMEOUT
             record.done_s = (response.done_at or _now()) - origin
             if state.done or record.finish_reason:
                 record.status = OK
@@ -410,3 +418,7 @@ def _finish_text(state: _StreamState) -> None:
         record.first_chunk_tokens = count_tokens(state.first_chunk_text)
     else:
         record.client_output_tokens = 0
+    if "\x00" in record.output_text or "\x00" in record.reasoning_text:
+        # PostgreSQL text cannot hold NUL; counted above, stored as U+FFFD so every store keeps the record
+        record.output_text = record.output_text.replace("\x00", "\ufffd")
+        record.reasoning_text = record.reasoning_text.replace("\x00", "\ufffd")

@@ -158,10 +158,11 @@ class Response:
         if self._error is not None and not self._chunks:
             raise self._error
 
-    async def next_chunks(self, idle_timeout: float) -> list[tuple[float, bytes]]:
+    async def next_chunks(self, idle_timeout: float, category: str = "stall") -> list[tuple[float, bytes]]:
         """Body pieces received since the last call as ``(arrival perf_counter, bytes)``; ``[]`` at the end.
 
-        Raises HTTPClientError for a cut stream, a stall longer than ``idle_timeout`` or bad HTTP.
+        Raises HTTPClientError for a cut stream, bad HTTP, or no bytes within ``idle_timeout`` (reported
+        under ``category``: a stall mid-stream, a timeout before the first token).
         """
         while not self._chunks:
             if self.complete:
@@ -169,7 +170,7 @@ class Response:
                 return []
             if self._error is not None:
                 raise self._error
-            await self._wait(idle_timeout, "stall", "bytes")
+            await self._wait(idle_timeout, category, "bytes")
         chunks, self._chunks = self._chunks, []
         return chunks
 

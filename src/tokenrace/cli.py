@@ -10,20 +10,26 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
 from rich.console import Console
-from rich.live import Live
-from rich.text import Text
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from tokenrace.config import ConfigError, EndpointConfig, UnknownEndpointError, find_config, load_config
 from tokenrace.loadgen import LiveStats
 from tokenrace.metrics import parse_slo
-from tokenrace.profiles import profile_from_cli
+from tokenrace.profiles import LoadProfile, profile_from_cli
 from tokenrace.report import runs_table, summary_renderable
 from tokenrace.store import Store, UnknownRunError
 from tokenrace.workloads import WorkloadError, parse_workload
@@ -153,7 +159,7 @@ def bench(
     async def main() -> Any:
         stop = asyncio.Event()
         _install_sigint(stop)
-        with _progress(stats, quiet or sweep):
+        async with _progress(stats, quiet or sweep, _total(profile)):
             if sweep:
                 return await run_sweep(
                     endpoint_cfg,
@@ -185,6 +191,10 @@ def bench(
         raise typer.Exit(130)
 
 
+def _total(profile: LoadProfile) -> int | None:
+    return None if profile.requests is None else profile.requests + profile.warmup_requests
+
+
 def _install_sigint(stop: asyncio.Event) -> None:
     """First Ctrl-C: stop sending, cancel in-flight requests, keep everything finished. Second: abort."""
     loop = asyncio.get_running_loop()
@@ -203,26 +213,41 @@ def _install_sigint(stop: asyncio.Event) -> None:
         loop.add_signal_handler(signal.SIGTERM, on_sigint)
 
 
-@contextlib.contextmanager
-def _progress(stats: LiveStats, quiet: bool) -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def _progress(stats: LiveStats, quiet: bool, total: int | None = None) -> AsyncIterator[None]:
+    """Live bar: finished/total, req/s, TTFT p50 of recent requests, errors (refreshed 4x a second)."""
     if quiet or not console.is_terminal:
         yield
         return
+    columns = (
+        SpinnerColumn(),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rps]} req/s  TTFT p50 {task.fields[ttft]}  in flight {task.fields[busy]}"),
+        TextColumn("[red]{task.fields[errors]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("bench", total=total, rps="–", ttft="–", busy=0, errors="")
 
-    def line() -> Text:
-        p50 = stats.p50_ttft_ms()
-        return Text.assemble(
-            ("● ", "green"),
-            f"{stats.completed} completed  {stats.failed} failed  {stats.in_flight} in flight  "
-            f"{stats.requests_per_s():.1f} req/s  TTFT p50 " + (f"{p50:.1f} ms" if p50 is not None else "–"),
-        )
+        async def refresh() -> None:
+            while True:
+                p50 = stats.p50_ttft_ms()
+                progress.update(
+                    task,
+                    completed=stats.completed + stats.failed + stats.incomplete,
+                    rps=f"{stats.requests_per_s():.1f}",
+                    ttft=f"{p50:.1f} ms" if p50 is not None else "–",
+                    busy=stats.in_flight,
+                    errors=f"{stats.failed} errors" if stats.failed else "",
+                )
+                await asyncio.sleep(0.25)
 
-    class _Line:
-        def __rich__(self) -> Text:
-            return line()
-
-    with Live(_Line(), console=console, refresh_per_second=4, transient=True):
-        yield
+        updater = asyncio.create_task(refresh())
+        try:
+            yield
+        finally:
+            updater.cancel()
 
 
 @app.command()
@@ -327,7 +352,6 @@ def demo(
     """The main job on embedded defaults. Until the local engine lands, it benchmarks the emulator."""
     from tokenrace.bench import run_bench
     from tokenrace.emulator import EmulatorProcess, EmulatorSettings
-    from tokenrace.profiles import LoadProfile
 
     console.print(
         "[bold]tokenrace demo[/] — the local-model engine is not built yet, so this demo benchmarks the "
@@ -345,7 +369,7 @@ def demo(
         async def main() -> Any:
             stop = asyncio.Event()
             _install_sigint(stop)
-            with _progress(stats, False):
+            async with _progress(stats, False, _total(profile)):
                 return await run_bench(endpoint, workload, profile, db, stop=stop, stats=stats)
 
         result = run_async(main())

@@ -20,7 +20,10 @@ What a response contains (all of it deterministic given the settings and the req
 * Timing, from t0 = the moment the request is fully parsed: the role chunk / ``message_start`` at
   t0; output chunk ``i`` at t0 + ttft + i*itl; finish, usage and end marker right after the last one.
   Jitter is drawn per interval (the ttft interval, then each itl), clamped at 0 so times never go
-  backwards; the absolute times are computed up front and scheduled with ``loop.call_at``.
+  backwards. The absolute times (``time.monotonic``) are computed up front, so nothing drifts. They are
+  scheduled on a Linux timerfd (:class:`_PreciseTimers`) because uvloop's ``loop.call_at`` and
+  ``loop.time()`` have millisecond resolution, ±1 ms of noise in what should be ground truth; with it a
+  chunk leaves ~0.1 ms after its time. Elsewhere ``loop.call_at`` is the fallback.
 * Faults are drawn per generation request with ``random.Random(seed)`` (jitter uses its own
   ``random.Random(seed + 1)`` so the fault sequence does not depend on the timing script).
 """
@@ -29,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import heapq
 import http.client
 import math
 import os
@@ -442,6 +447,132 @@ def _parse_gen(route: int, body: dict[str, Any]) -> _Gen:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Timers: libuv (uvloop) timers have millisecond resolution, which would put up to ±1 ms of noise into
+# the ground truth. On Linux one timerfd per emulator gives microsecond timers on the same absolute
+# ``time.monotonic`` (CLOCK_MONOTONIC) times; elsewhere ``loop.call_at`` is used.
+
+
+class _ITimerSpec(ctypes.Structure):
+    _fields_ = (
+        ("interval_sec", ctypes.c_long),
+        ("interval_nsec", ctypes.c_long),
+        ("value_sec", ctypes.c_long),
+        ("value_nsec", ctypes.c_long),
+    )
+
+
+def _load_timerfd() -> tuple[Any, Any] | None:
+    if not sys.platform.startswith("linux") or time.get_clock_info("monotonic").implementation != (
+        "clock_gettime(CLOCK_MONOTONIC)"
+    ):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        create, settime = libc.timerfd_create, libc.timerfd_settime
+    except (OSError, AttributeError):
+        return None
+    create.argtypes, create.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_ITimerSpec), ctypes.c_void_p]
+    settime.restype = ctypes.c_int
+    return create, settime
+
+
+_TIMERFD = _load_timerfd()
+
+
+class _Timer:
+    """A cancellable scheduled call (what ``loop.call_at`` returns, for :class:`_PreciseTimers`)."""
+
+    __slots__ = ("args", "callback", "owner")
+
+    def __init__(self, owner: _PreciseTimers, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.owner, self.callback, self.args = owner, callback, args
+
+    def cancel(self) -> None:
+        if self.callback is not None:
+            self.callback, self.args = None, ()
+            self.owner.forget()
+
+
+class _PreciseTimers:
+    """All timers of one emulator on one timerfd, opened while any timer is pending (no leaked fds)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.heap: list[tuple[float, int, _Timer]] = []
+        self.seq = 0
+        self.live = 0  # pending, not cancelled
+        self.fd = -1
+        self.armed = math.inf
+        self.firing = False  # fire() arms once at its end, not once per callback that reschedules
+        self.spec = _ITimerSpec()
+
+    def call_at(self, when: float, callback: Callable[..., None], *args: Any) -> _Timer:
+        timer = _Timer(self, callback, args)
+        self.seq += 1
+        heapq.heappush(self.heap, (when, self.seq, timer))
+        self.live += 1
+        if self.fd < 0:
+            assert _TIMERFD is not None
+            self.fd = _TIMERFD[0](time.CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
+            if self.fd < 0:
+                raise OSError(ctypes.get_errno(), "timerfd_create failed")
+            self.loop.add_reader(self.fd, self.fire)
+        if when < self.armed and not self.firing:
+            self.arm(when)
+        return timer
+
+    def arm(self, when: float) -> None:
+        self.armed = when
+        sec = math.floor(when)
+        self.spec.value_sec, self.spec.value_nsec = sec, max(1, int((when - sec) * 1e9))
+        assert _TIMERFD is not None
+        _TIMERFD[1](self.fd, 1, ctypes.byref(self.spec), None)  # 1: TFD_TIMER_ABSTIME
+
+    def forget(self) -> None:
+        self.live -= 1
+        if self.live == 0:
+            self.close()
+
+    def fire(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.fd, 8)
+        self.armed = math.inf
+        heap = self.heap
+        now = time.monotonic()
+        self.firing = True
+        try:
+            while heap and heap[0][0] <= now:
+                timer = heapq.heappop(heap)[2]
+                callback, args = timer.callback, timer.args
+                if callback is None:
+                    continue
+                timer.callback, timer.args = None, ()
+                self.live -= 1
+                try:
+                    callback(*args)
+                except Exception as exc:
+                    msg = "emulator timer callback failed"
+                    self.loop.call_exception_handler({"message": msg, "exception": exc})
+        finally:
+            self.firing = False
+        if self.live == 0:
+            self.close()
+        elif self.fd >= 0:
+            while heap[0][2].callback is None:
+                heapq.heappop(heap)
+            self.arm(heap[0][0])
+
+    def close(self) -> None:
+        self.heap.clear()
+        self.armed = math.inf
+        if self.fd >= 0:
+            self.loop.remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+
+
+# ---------------------------------------------------------------------------------------------------
 # The server
 
 
@@ -460,6 +591,7 @@ class _App:
         self.id_prefix = random.getrandbits(32)
         self.counter = 0
         self.conns: set[_Conn] = set()
+        self.timers = _PreciseTimers(loop) if _TIMERFD is not None else None
         enabled = {"openai": (_CHAT, _COMPLETIONS), "anthropic": (_MESSAGES,)}
         self.enabled = {_HEALTH, _MODELS, *enabled.get(settings.api, (_CHAT, _COMPLETIONS, _MESSAGES))}
 
@@ -516,7 +648,7 @@ class _App:
     # -- request dispatch ----------------------------------------------------------------------------
 
     def handle(self, conn: _Conn, method: bytes, url: bytes, raw: bytes, keep_alive: bool) -> None:
-        t0 = self.loop.time()
+        t0 = time.monotonic()  # not loop.time(): uvloop truncates that to the millisecond
         path = url.partition(b"?")[0]
         route = _ROUTES.get(path)
         if route is None or route not in self.enabled:
@@ -681,6 +813,8 @@ class _App:
             conn.at(half, lambda: conn.close(data))
         elif fault == "stall":
             conn.at(half + s.stall_s, conn.close)
+        elif end <= time.monotonic():
+            conn.reply(data, keep_alive)  # instant mode: no timer
         else:
             conn.at(end, lambda: conn.reply(data, keep_alive))
 
@@ -724,7 +858,7 @@ class _Stream:
         conn = self.conn
         if conn.closing:
             return
-        now = self.app.loop.time()
+        now = time.monotonic()
         parts: list[bytes] = []
         i, times, limit = self.i, self.times, self.limit
         bad_at = len(self.chunks) // 2 if self.fault == "malformed" else -1
@@ -767,7 +901,7 @@ class _Conn(asyncio.Protocol):
         self.busy = False  # a response is in progress
         self.dispatching = False
         self.closing = False
-        self.timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self.timer: asyncio.TimerHandle | asyncio.Handle | _Timer | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -852,9 +986,14 @@ class _Conn(asyncio.Protocol):
             self.dispatch()
 
     def at(self, when: float, callback: Callable[..., None], *args: Any) -> None:
-        """The connection's single pending timer, cancelled when the client goes away."""
+        """The connection's single pending timer (``when`` on ``time.monotonic``), cancelled on disconnect."""
         if not self.closing:
-            self.timer = self.app.loop.call_at(when, callback, *args)
+            timers = self.app.timers
+            if timers is not None:
+                self.timer = timers.call_at(when, callback, *args)
+            else:
+                loop = self.app.loop
+                self.timer = loop.call_at(when + loop.time() - time.monotonic(), callback, *args)
 
     def close(self, data: bytes = b"") -> None:
         """Flush ``data`` and close gracefully (FIN), stopping any timer."""

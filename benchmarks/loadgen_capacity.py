@@ -15,7 +15,6 @@ user+system time (writer thread included) divided by the requests it completed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import resource
 import sys
 import tempfile
@@ -100,36 +99,28 @@ async def main(quick: bool) -> None:
                     f"{row['lag_p50']:.3f}",
                     f"{row['lag_p99']:.3f}",
                 )
-        with EmulatorProcess(EmulatorSettings(ttft_ms=50, itl_ms=10, tokens=64)) as emu:
+        with EmulatorProcess(EmulatorSettings(ttft_ms=50, itl_ms=10, tokens=64, timings=True)) as emu:
             endpoint = EndpointConfig.adhoc(emu.base_url, "openai-chat", "emulator", name="emulator")
-            profile = LoadProfile(kind="concurrency", concurrency=64, requests=640 if quick else 1280, warmup_requests=64)
-            row = await measure(endpoint, store, profile, "synthetic:input=32,output=64")
-            script_error = np.array([ttft_ms(r) - 50.0 for r in row["ok"]])
+            requests = 640 if quick else 1280
+            profile = LoadProfile(kind="concurrency", concurrency=64, requests=requests, warmup_requests=64)
+            result = await run_bench(endpoint, parse_workload(workload), profile, store)
+            origin = result.run.config["clock"]["monotonic_origin"]
+            ok = [r for r in result.load.records if r.phase == PHASE_MEASURE and r.status == OK]
+            script_error = np.array([ttft_ms(r) - 50.0 for r in ok])
             stamp_error = np.array(
-                [
-                    (r.first_token_s + emu_origin_offset(r)) * 1000
-                    for r in row["ok"]
-                    if r.server_timings and "emulator_first_token_sent" in r.server_timings
-                ]
+                [(r.first_token_s + origin - r.server_timings["emulator"]["first_token_sent"]) * 1000 for r in ok]
             )
-            rows = [("measured − scripted TTFT", script_error)]
-            if stamp_error.size:
-                rows.append(("client stamp − emulator write time", stamp_error))
-            for label, values in rows:
+            for label, values in (
+                ("measured TTFT − scripted 50 ms", script_error),
+                ("client stamp − emulator write time", stamp_error),
+            ):
                 accuracy.add_row(
-                    label,
-                    *(f"{np.percentile(values, q):.3f}" for q in (50, 90, 99)),
-                    f"{values.max():.3f}",
+                    label, *(f"{np.percentile(values, q):.3f}" for q in (50, 90, 99)), f"{values.max():.3f}"
                 )
         store.close()
     console.print(table)
     console.print(accuracy)
     console.print(f"python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}, uvloop {uvloop.__version__}")
-
-
-def emu_origin_offset(record) -> float:  # noqa: ANN001 - filled in below once the emulator reports write times
-    timings = record.server_timings
-    return timings["record_origin"] - timings["emulator_first_token_sent"]
 
 
 if __name__ == "__main__":

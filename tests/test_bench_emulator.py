@@ -33,19 +33,33 @@ async def _bench(emu, store, *, api="openai-chat", concurrency=4, requests=20, w
 
 @pytest.mark.slow
 async def test_ttft_and_output_speed_match_the_script_at_64_concurrent_streams(emulator, store):
-    emu = emulator(ttft_ms=50, itl_ms=10, tokens=40)
+    emu = emulator(ttft_ms=50, itl_ms=10, tokens=40, timings=True)
     result = await _bench(emu, store, concurrency=64, requests=256, warmup=64)
     measured = [r for r in result.load.records if r.phase == PHASE_MEASURE]
     assert len(measured) == 256 and all(r.status == OK for r in measured)
+    origin = result.run.config["clock"]["monotonic_origin"]
+    # The client's own error: when it stamped the first token vs when the emulator wrote it (one clock).
+    stamp_late_ms = np.array(
+        [(r.first_token_s + origin - r.server_timings["emulator"]["first_token_sent"]) * 1000 for r in measured]
+    )
+    assert stamp_late_ms.min() >= 0, "a token cannot arrive before it was written"
+    assert np.percentile(stamp_late_ms, 99) <= 2.0, f"stamping error p99 {np.percentile(stamp_late_ms, 99):.2f} ms"
+    # Against the script itself: the emulator's own request queueing is inside, so the bound is looser
+    # at p99 (64 requests land in the same millisecond) and tight at the median.
     ttft_error = np.abs(np.array([ttft_ms(r) for r in measured]) - 50.0)
+    assert np.percentile(ttft_error, 50) <= 2.0 and np.percentile(ttft_error, 99) <= 5.0, np.percentile(ttft_error, 99)
+    # Output speed: within 1% of what the emulator actually did, request by request (p99), and the
+    # mean within 1% of the script (39 chunks after the first, 10 ms apart: 100 tok/s).
     speed = np.array([output_speed_tps(r) for r in measured])
-    assert np.percentile(ttft_error, 99) <= 2.0, f"TTFT error p99 {np.percentile(ttft_error, 99):.2f} ms"
-    # 39 chunks after the first, 10 ms apart: 100 tok/s; the mean is what the Artificial Analysis figure uses
-    assert abs(np.mean(speed) - 100.0) <= 1.0, f"mean output speed {np.mean(speed):.2f} tok/s"
+    actual = np.array([r.server_timings["predicted_per_second"] for r in measured])
+    relative_error = np.abs(speed - actual) / actual
+    assert np.percentile(relative_error, 99) <= 0.01, np.percentile(relative_error, 99)
+    assert abs(speed.mean() - 100.0) <= 1.0, speed.mean()
     summary = result.summary
     assert summary["requests"] == {"completed": 256, "failed": 0, "incomplete": 0, "warmup": 64}
     assert summary["tokens"]["server_output"] == summary["tokens"]["client_output"] == 256 * 40
     assert summary["tokens"]["discrepancy_pct"] == 0.0
+    assert abs(summary["server"]["client_vs_server_speed_pct"]) <= 1.0
 
 
 async def test_role_only_first_chunk_is_not_counted_as_the_first_token(emulator, store):

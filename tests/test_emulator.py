@@ -16,20 +16,20 @@ import orjson
 import pytest
 import tiktoken
 
-from tokenrace import emulator
+from tokenrace import timers as timers_module
 from tokenrace.emulator import (
     WORDS,
     EmulatorProcess,
     EmulatorSettings,
     _App,
     _Conn,
-    _PreciseTimers,
     _Stream,
     output_text,
     parse_faults,
     parse_jitter,
     start_emulator,
 )
+from tokenrace.timers import PreciseTimers
 
 INSTANT: dict[str, Any] = {"ttft_ms": 0, "itl_ms": 0}
 PROMPT = "one two three four"  # 4 prompt tokens by the emulator's word count
@@ -415,8 +415,8 @@ def _check_timing(head: list[tuple[float, bytes]], content: list[tuple[float, by
 @pytest.mark.parametrize("timers", ["timerfd", "loop.call_at"])
 async def test_openai_timing_follows_script(serve: Serve, timers: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if timers == "loop.call_at":
-        monkeypatch.setattr(emulator, "_TIMERFD", None)  # the portable fallback
-    elif emulator._TIMERFD is None:
+        monkeypatch.setattr(timers_module, "TIMERFD", None)  # the portable fallback
+    elif timers_module.TIMERFD is None:
         pytest.skip("no timerfd on this platform")
     port = await serve(ttft_ms=50, itl_ms=10, tokens=12)
     async with Client(port) as c:
@@ -473,11 +473,11 @@ async def test_disconnect_stops_timers() -> None:
     assert app.timers is None or app.timers.fd == -1  # the timerfd is closed while idle
 
 
-@pytest.mark.skipif(emulator._TIMERFD is None, reason="no timerfd on this platform")
+@pytest.mark.skipif(timers_module.TIMERFD is None, reason="no timerfd on this platform")
 async def test_precise_timers() -> None:
     """The timerfd timers fire in order, well under uvloop's millisecond resolution, and cancel."""
     loop = asyncio.get_running_loop()
-    timers = _PreciseTimers(loop)
+    timers = PreciseTimers(loop)
     fired: list[tuple[int, float]] = []
     start = time.monotonic() + 0.005
     targets = [start + k * 0.0021 + (k % 7) * 0.00013 for k in range(20)]

@@ -318,6 +318,9 @@ def emulate(
         list[str] | None, typer.Option("--fault", help="KIND:RATE, kinds 429 500 refuse cut malformed stall")
     ] = None,
     no_usage: Annotated[bool, typer.Option("--no-usage", help="never report usage")] = False,
+    timings: Annotated[
+        bool, typer.Option("--timings", help="llama.cpp-style server timings in scripted OpenAI streams")
+    ] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Serve OpenAI/Anthropic-format SSE with scripted timing and injected faults (a test upstream)."""
@@ -336,6 +339,7 @@ def emulate(
             faults=parse_faults(",".join(fault or [])),
             seed=seed,
             usage=not no_usage,
+            timings=timings,
         )
 
     def ready(bound: int) -> None:

@@ -21,7 +21,7 @@ What a response contains (all of it deterministic given the settings and the req
   t0; output chunk ``i`` at t0 + ttft + i*itl; finish, usage and end marker right after the last one.
   Jitter is drawn per interval (the ttft interval, then each itl), clamped at 0 so times never go
   backwards. The absolute times (``time.monotonic``) are computed up front, so nothing drifts. They are
-  scheduled on a Linux timerfd (:class:`_PreciseTimers`) because uvloop's ``loop.call_at`` and
+  scheduled on a Linux timerfd (:class:`tokenrace.timers.PreciseTimers`) because uvloop's ``loop.call_at`` and
   ``loop.time()`` have millisecond resolution, ±1 ms of noise in what should be ground truth; with it a
   chunk leaves ~0.1 ms after its time. Elsewhere ``loop.call_at`` is the fallback.
 * Faults are drawn per generation request with ``random.Random(seed)`` (jitter uses its own
@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import heapq
 import http.client
 import math
 import os
@@ -54,6 +52,9 @@ from typing import Any
 
 import httptools
 import orjson
+
+from tokenrace import timers
+from tokenrace.timers import PreciseTimers, Timer
 
 __all__ = [
     "API_KINDS",
@@ -166,6 +167,9 @@ class EmulatorSettings:
     usage: bool = True  # False: never send usage (exercises the client-tokenizer fallback)
     stall_s: float = 30.0  # how long a "stall" keeps the connection silent before closing
     retry_after_s: int = 1
+    # llama.cpp-style ``timings`` (actual prompt/decode times and the raw monotonic write times) in a
+    # chunk before the finish chunk of scripted OpenAI-format streams: server-side truth for tests.
+    timings: bool = False
 
     def __post_init__(self) -> None:
         if self.api not in API_KINDS:
@@ -447,132 +451,6 @@ def _parse_gen(route: int, body: dict[str, Any]) -> _Gen:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Timers: libuv (uvloop) timers have millisecond resolution, which would put up to ±1 ms of noise into
-# the ground truth. On Linux one timerfd per emulator gives microsecond timers on the same absolute
-# ``time.monotonic`` (CLOCK_MONOTONIC) times; elsewhere ``loop.call_at`` is used.
-
-
-class _ITimerSpec(ctypes.Structure):
-    _fields_ = (
-        ("interval_sec", ctypes.c_long),
-        ("interval_nsec", ctypes.c_long),
-        ("value_sec", ctypes.c_long),
-        ("value_nsec", ctypes.c_long),
-    )
-
-
-def _load_timerfd() -> tuple[Any, Any] | None:
-    if not sys.platform.startswith("linux") or time.get_clock_info("monotonic").implementation != (
-        "clock_gettime(CLOCK_MONOTONIC)"
-    ):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        create, settime = libc.timerfd_create, libc.timerfd_settime
-    except (OSError, AttributeError):
-        return None
-    create.argtypes, create.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_ITimerSpec), ctypes.c_void_p]
-    settime.restype = ctypes.c_int
-    return create, settime
-
-
-_TIMERFD = _load_timerfd()
-
-
-class _Timer:
-    """A cancellable scheduled call (what ``loop.call_at`` returns, for :class:`_PreciseTimers`)."""
-
-    __slots__ = ("args", "callback", "owner")
-
-    def __init__(self, owner: _PreciseTimers, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
-        self.owner, self.callback, self.args = owner, callback, args
-
-    def cancel(self) -> None:
-        if self.callback is not None:
-            self.callback, self.args = None, ()
-            self.owner.forget()
-
-
-class _PreciseTimers:
-    """All timers of one emulator on one timerfd, opened while any timer is pending (no leaked fds)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.heap: list[tuple[float, int, _Timer]] = []
-        self.seq = 0
-        self.live = 0  # pending, not cancelled
-        self.fd = -1
-        self.armed = math.inf
-        self.firing = False  # fire() arms once at its end, not once per callback that reschedules
-        self.spec = _ITimerSpec()
-
-    def call_at(self, when: float, callback: Callable[..., None], *args: Any) -> _Timer:
-        timer = _Timer(self, callback, args)
-        self.seq += 1
-        heapq.heappush(self.heap, (when, self.seq, timer))
-        self.live += 1
-        if self.fd < 0:
-            assert _TIMERFD is not None
-            self.fd = _TIMERFD[0](time.CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
-            if self.fd < 0:
-                raise OSError(ctypes.get_errno(), "timerfd_create failed")
-            self.loop.add_reader(self.fd, self.fire)
-        if when < self.armed and not self.firing:
-            self.arm(when)
-        return timer
-
-    def arm(self, when: float) -> None:
-        self.armed = when
-        sec = math.floor(when)
-        self.spec.value_sec, self.spec.value_nsec = sec, max(1, int((when - sec) * 1e9))
-        assert _TIMERFD is not None
-        _TIMERFD[1](self.fd, 1, ctypes.byref(self.spec), None)  # 1: TFD_TIMER_ABSTIME
-
-    def forget(self) -> None:
-        self.live -= 1
-        if self.live == 0:
-            self.close()
-
-    def fire(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.read(self.fd, 8)
-        self.armed = math.inf
-        heap = self.heap
-        now = time.monotonic()
-        self.firing = True
-        try:
-            while heap and heap[0][0] <= now:
-                timer = heapq.heappop(heap)[2]
-                callback, args = timer.callback, timer.args
-                if callback is None:
-                    continue
-                timer.callback, timer.args = None, ()
-                self.live -= 1
-                try:
-                    callback(*args)
-                except Exception as exc:
-                    msg = "emulator timer callback failed"
-                    self.loop.call_exception_handler({"message": msg, "exception": exc})
-        finally:
-            self.firing = False
-        if self.live == 0:
-            self.close()
-        elif self.fd >= 0:
-            while heap[0][2].callback is None:
-                heapq.heappop(heap)
-            self.arm(heap[0][0])
-
-    def close(self) -> None:
-        self.heap.clear()
-        self.armed = math.inf
-        if self.fd >= 0:
-            self.loop.remove_reader(self.fd)
-            os.close(self.fd)
-            self.fd = -1
-
-
-# ---------------------------------------------------------------------------------------------------
 # The server
 
 
@@ -591,7 +469,7 @@ class _App:
         self.id_prefix = random.getrandbits(32)
         self.counter = 0
         self.conns: set[_Conn] = set()
-        self.timers = _PreciseTimers(loop) if _TIMERFD is not None else None
+        self.timers = PreciseTimers(loop) if timers.TIMERFD is not None else None
         enabled = {"openai": (_CHAT, _COMPLETIONS), "anthropic": (_MESSAGES,)}
         self.enabled = {_HEALTH, _MODELS, *enabled.get(settings.api, (_CHAT, _COMPLETIONS, _MESSAGES))}
 
@@ -647,8 +525,9 @@ class _App:
 
     # -- request dispatch ----------------------------------------------------------------------------
 
-    def handle(self, conn: _Conn, method: bytes, url: bytes, raw: bytes, keep_alive: bool) -> None:
-        t0 = time.monotonic()  # not loop.time(): uvloop truncates that to the millisecond
+    def handle(self, conn: _Conn, method: bytes, url: bytes, raw: bytes, keep_alive: bool, t0: float) -> None:
+        """Answer one request; ``t0`` is when its last bytes were read (``time.monotonic``, not
+        ``loop.time()``, which uvloop truncates to the millisecond)."""
         path = url.partition(b"?")[0]
         route = _ROUTES.get(path)
         if route is None or route not in self.enabled:
@@ -744,7 +623,21 @@ class _App:
         if fault is None and self.instant:
             conn.reply(b"".join((head, tmpl.body, tail)).replace(_PH, rid), keep_alive)
             return
-        _Stream(conn, self, tmpl.chunks, self.schedule(t0, len(tmpl.chunks)), head, tail, rid, gen.route, fault)
+        timing = None
+        if s.timings and gen.route != _MESSAGES and fault is None:
+            timing = {
+                "id": ("chatcmpl-" if gen.route == _CHAT else "cmpl-") + _PH_STR,
+                "object": "chat.completion.chunk" if gen.route == _CHAT else "text_completion",
+                "model": gen.model,
+                "prompt_n": gen.prompt_tokens,
+                "predicted_n": n_out,
+                "first_chunk_tokens": min(s.tokens_per_chunk, n_out),
+                "t0": t0,
+            }
+        stream = _Stream(
+            conn, self, tmpl.chunks, self.schedule(t0, len(tmpl.chunks)), head, tail, rid, gen.route, fault
+        )
+        stream.timing = timing
 
     def _respond_json(
         self,
@@ -832,7 +725,21 @@ def _openai_usage(prompt: int, completion: int, reasoning: int) -> dict[str, Any
 class _Stream:
     """One scripted SSE response: writes each output chunk at its absolute time, then the tail."""
 
-    __slots__ = ("app", "chunks", "conn", "fault", "i", "limit", "rid", "route", "tail", "times")
+    __slots__ = (
+        "app",
+        "chunks",
+        "conn",
+        "fault",
+        "first_sent",
+        "i",
+        "last_sent",
+        "limit",
+        "rid",
+        "route",
+        "tail",
+        "times",
+        "timing",
+    )
 
     def __init__(
         self,
@@ -850,6 +757,8 @@ class _Stream:
         self.tail, self.rid, self.route, self.fault = tail, rid, route, fault
         self.i = 0
         self.limit = len(chunks) // 2 if fault in ("cut", "stall") else len(chunks)
+        self.timing: dict[str, Any] | None = None
+        self.first_sent = self.last_sent = 0.0
         conn.transport.write(head.replace(_PH, rid))
         self.advance(False)
 
@@ -868,6 +777,10 @@ class _Stream:
                 parts.append(_frame(_BAD_ANTHROPIC if self.route == _MESSAGES else _BAD_OPENAI))
             parts.append(self.chunks[i])
             i += 1
+        if parts:
+            if self.i == 0:
+                self.first_sent = time.monotonic()
+            self.last_sent = time.monotonic()
         self.i = i
         if i < limit:
             if parts:
@@ -881,8 +794,45 @@ class _Stream:
                 conn.transport.write(b"".join(parts).replace(_PH, self.rid))
             conn.at(now + self.app.settings.stall_s, conn.close)
         else:
+            if self.timing is not None:
+                parts.append(self._timings_chunk())
             parts.append(self.tail)
             conn.reply(b"".join(parts).replace(_PH, self.rid), conn.keep_alive)
+
+    def _timings_chunk(self) -> bytes:
+        """llama.cpp-style ``timings`` of what the emulator actually did, plus its raw monotonic write times.
+
+        ``prompt_ms`` is request parsed → first output chunk written; ``predicted_per_second`` uses the
+        same after-the-first-chunk definition as the client's output speed, so the two compare like for
+        like. ``emulator.*`` are ``CLOCK_MONOTONIC`` seconds (Linux shares that clock between processes,
+        and ``time.perf_counter`` reads it too), which lets a test compare the client's arrival stamps
+        with the moment the bytes were written.
+        """
+        info = self.timing
+        assert info is not None
+        decode_s = self.last_sent - self.first_sent
+        after_first = info["predicted_n"] - info["first_chunk_tokens"]
+        timings = {
+            "prompt_n": info["prompt_n"],
+            "prompt_ms": (self.first_sent - info["t0"]) * 1000,
+            "predicted_n": info["predicted_n"],
+            "predicted_ms": decode_s * 1000,
+            "predicted_per_second": after_first / decode_s if decode_s > 0 else None,
+            "emulator": {
+                "request_parsed": info["t0"],
+                "first_token_sent": self.first_sent,
+                "last_token_sent": self.last_sent,
+            },
+        }
+        chunk = {
+            "id": info["id"],
+            "object": info["object"],
+            "created": int(time.time()),
+            "model": info["model"],
+            "choices": [],
+            "timings": timings,
+        }
+        return _data(chunk)
 
 
 class _Conn(asyncio.Protocol):
@@ -897,11 +847,13 @@ class _Conn(asyncio.Protocol):
         self.method = b""
         self.req_keep_alive = True
         self.keep_alive = True  # of the request being answered
-        self.pending: deque[tuple[bytes, bytes, bytes, bool]] = deque()
+        self.pending: deque[tuple[bytes, bytes, bytes, bool, float]] = deque()
         self.busy = False  # a response is in progress
         self.dispatching = False
+        self.dispatch_scheduled = False
+        self.read_at = 0.0
         self.closing = False
-        self.timer: asyncio.TimerHandle | asyncio.Handle | _Timer | None = None
+        self.timer: asyncio.TimerHandle | asyncio.Handle | Timer | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -922,6 +874,8 @@ class _Conn(asyncio.Protocol):
             self.timer = None
 
     def data_received(self, data: bytes) -> None:
+        # The script runs from the moment the request's bytes were read, stamped before any parsing.
+        self.read_at = time.monotonic()
         if self.closing:
             return
         try:
@@ -932,6 +886,18 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.close(_http_response(400, _error_body(None, 400, f"bad HTTP request: {exc}"), False))
             return
+        if self.pending and not self.busy:
+            if self.app.instant:
+                self.dispatch()
+            elif not self.dispatch_scheduled:
+                # Scripted timing: answer after this loop pass, so every socket that became readable
+                # in the same pass is stamped before any request is processed (a burst of requests
+                # then all start their scripts on time instead of queueing behind each other's parsing).
+                self.dispatch_scheduled = True
+                self.app.loop.call_soon(self._scheduled_dispatch)
+
+    def _scheduled_dispatch(self) -> None:
+        self.dispatch_scheduled = False
         if self.pending and not self.busy:
             self.dispatch()
 
@@ -957,7 +923,7 @@ class _Conn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         # Only queue here: exceptions raised inside httptools callbacks would look like parse errors.
-        self.pending.append((self.method, self.url, b"".join(self.body), self.req_keep_alive))
+        self.pending.append((self.method, self.url, b"".join(self.body), self.req_keep_alive, self.read_at))
 
     # -- responses -----------------------------------------------------------------------------------
 
@@ -966,10 +932,10 @@ class _Conn(asyncio.Protocol):
         self.dispatching = True
         try:
             while self.pending and not self.busy and not self.closing:
-                method, url, body, keep_alive = self.pending.popleft()
+                method, url, body, keep_alive, read_at = self.pending.popleft()
                 self.busy = True
                 self.keep_alive = keep_alive
-                self.app.handle(self, method, url, body, keep_alive)
+                self.app.handle(self, method, url, body, keep_alive, read_at)
         finally:
             self.dispatching = False
 

@@ -3,8 +3,9 @@
 Why not a general-purpose client: a benchmark needs the arrival time of every byte as the process sees it,
 not when a coroutine later gets round to reading it. Here each network read is stamped with
 ``time.perf_counter()`` inside ``data_received``, before any parsing and before the coroutine that
-reads the stream is woken, so the decoding of other streams never lands in a timestamp. It also keeps the client's CPU per request small enough
-that one process can drive thousands of streamed requests per second (see ``benchmarks/``).
+reads the stream is woken, so the decoding of other streams never lands in a timestamp. It also keeps
+the client's CPU per request small enough that one process can drive thousands of streamed requests per
+second (see ``benchmarks/``).
 
 Scope, deliberately: HTTP/1.1 over TCP or TLS, ``Content-Length``/chunked/close-delimited bodies, no
 proxies, no compression (we send ``Accept-Encoding: identity``), no redirects, no retries — a benchmark

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from time import perf_counter
+from time import monotonic, perf_counter
 
 from tokenrace.clients import EndpointClient
 from tokenrace.profiles import LoadProfile, arrival_offsets
 from tokenrace.records import FAILED, OK, PHASE_MEASURE, PHASE_WARMUP, RequestRecord
+from tokenrace.timers import sleep_until
 from tokenrace.workloads import Workload
 
 
@@ -87,10 +89,19 @@ async def run_load(
     # while a response arrives: that delay would land in the timestamps.
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(min(switch_interval, 0.0002))
+    # A full cyclic-GC pass over a large heap pauses the loop for milliseconds; the run makes no cycles
+    # that matter, so collection waits until it ends (existing objects are frozen out of the scans).
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     try:
         return await _run_load(client, workload, profile, run_id, on_record, stop, stats, max_concurrency)
     finally:
         sys.setswitchinterval(switch_interval)
+        gc.unfreeze()
+        if gc_was_enabled:
+            gc.enable()
 
 
 async def _run_load(
@@ -148,7 +159,6 @@ async def _run_load(
     else:
         cap = asyncio.Semaphore(max_concurrency or profile.concurrency or 10**9)
         start = perf_counter()
-        sleep = asyncio.sleep
         for seq, offset in zip(counter, arrival_offsets(profile), strict=False):
             if not may_send(seq):
                 break
@@ -159,7 +169,7 @@ async def _run_load(
                 if stop.is_set():
                     break
             elif delay > 0:
-                await sleep(delay)
+                await sleep_until(monotonic() + delay)  # sub-millisecond, unlike loop timers
             if cap.locked():
                 await _acquire_or_stop(cap, stop)
                 if stop.is_set():

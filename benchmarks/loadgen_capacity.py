@@ -61,7 +61,7 @@ async def measure(endpoint: EndpointConfig, store: Store, profile: LoadProfile, 
 
 
 async def main(quick: bool) -> None:
-    console = Console()
+    console = Console(width=150)
     table = Table(title="tokenrace load generator vs the emulator (one client process)", title_justify="left")
     for column in ("scenario", "completed", "failed", "req/s", "client CPU ms/req", "lag p50 ms", "lag p99 ms"):
         table.add_column(column, justify="right" if column != "scenario" else "left")

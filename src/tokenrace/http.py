@@ -110,6 +110,9 @@ class Response:
         "_chunks",
         "_conn",
         "_error",
+        "_expiry",
+        "_timer",
+        "_timer_at",
         "_waiter",
         "complete",
         "done_at",
@@ -130,6 +133,9 @@ class Response:
         self._chunks: list[tuple[float, bytes]] = []
         self._error: HTTPClientError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._expiry: tuple[float, str, str] = (0.0, "", "")
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -142,14 +148,38 @@ class Response:
         self._wake()
 
     async def _wait(self, timeout: float, category: str, what: str) -> None:
+        # One lazily re-armed timer per response instead of a timer per wait: a stream waits once per
+        # network read, and creating and cancelling a timer each time was a visible share of its CPU.
         loop = asyncio.get_running_loop()
+        expiry = loop.time() + timeout
+        self._expiry = (expiry, category, f"no {what} within {timeout:g} s")
+        if self._timer is None or expiry < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(expiry, self._check_expiry)
+            self._timer_at = expiry
         waiter = self._waiter = loop.create_future()
-        handle = loop.call_later(timeout, self._fail, category, f"no {what} within {timeout:g} s")
         try:
             await waiter
         finally:
-            handle.cancel()
             self._waiter = None
+
+    def _check_expiry(self) -> None:
+        self._timer = None
+        if self._waiter is None or self.complete:
+            return
+        loop = asyncio.get_running_loop()
+        expiry, category, detail = self._expiry
+        if loop.time() >= expiry:
+            self._fail(category, detail)
+        else:
+            self._timer = loop.call_at(expiry, self._check_expiry)
+            self._timer_at = expiry
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def wait_headers(self, timeout: float) -> None:
         while self.headers_at is None:
@@ -167,6 +197,7 @@ class Response:
         """
         while not self._chunks:
             if self.complete:
+                self._stop_timer()
                 self._conn.pool._release(self._conn)
                 return []
             if self._error is not None:
@@ -183,6 +214,7 @@ class Response:
 
     def abort(self) -> None:
         """Drop the connection (used when a request is cancelled or abandoned mid-stream)."""
+        self._stop_timer()
         if not self.complete:
             self._conn._abort()
 

@@ -160,3 +160,31 @@ async def test_stop_event_cancels_in_flight_requests_and_keeps_finished_ones(emu
     assert statuses.count(OK) >= 4 and statuses.count("incomplete") == 4
     assert store.get_run(result.run.run_id).status == "interrupted"
     assert len(store.records(result.run.run_id)) == len(statuses)
+
+
+async def test_the_same_run_reads_back_identically_from_postgresql_and_sqlite(emulator, store, pg_store):
+    emu = emulator(ttft_ms=2, itl_ms=1, tokens=10, faults={"cut": 0.2}, seed=5)
+    result = await _bench(emu, pg_store, requests=30, warmup=3)
+    from_pg = pg_store.records(result.run.run_id)
+    assert len(from_pg) == 33
+    store.create_run(pg_store.get_run(result.run.run_id))
+    store.add_records(from_pg)
+    assert store.records(result.run.run_id) == from_pg
+    assert store.get_run(result.run.run_id) == pg_store.get_run(result.run.run_id)
+    assert pg_store.get_run(result.run.run_id).summary["requests"]["failed"] >= 1
+
+
+async def test_sweep_finds_max_throughput_then_runs_rising_rates(emulator, store):
+    from tokenrace.bench import run_sweep
+
+    emu = emulator(ttft_ms=5, itl_ms=2, tokens=8)
+    profile = LoadProfile(kind="constant", rate=1.0, requests=40)
+    results = await run_sweep(_endpoint(emu), parse_workload("synthetic:input=16,output=8"), profile, store, steps=3)
+    assert results[0].run.profile["sweep_step"] == "max-throughput"
+    max_rps = results[0].summary["throughput"]["requests_per_s"]
+    targets = [r.run.profile["target_rps"] for r in results[1:]]
+    assert targets == sorted(targets) and targets[-1] == pytest.approx(max_rps)
+    assert len({r.run.profile["sweep"] for r in results}) == 1
+    for result in results[1:]:
+        assert result.run.profile["kind"] == "constant"
+        assert result.summary["requests"]["completed"] == 40

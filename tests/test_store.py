@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 import sqlalchemy as sa
-from psycopg import sql
 
 from tokenrace import records as rec
 from tokenrace.records import RequestRecord, RunInfo
@@ -25,8 +21,6 @@ from tokenrace.store import (
     Store,
     UnknownRunError,
 )
-
-PG_ADMIN_URL = os.environ.get("TOKENRACE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 TEXTS = [
     "",
@@ -119,54 +113,6 @@ def make_records(run_id: str, n: int = 300, seed: int = 7) -> list[RequestRecord
 
 
 # --- fixtures --------------------------------------------------------------------------------------
-
-
-def _admin_url() -> str:
-    """The configured server URL, or the same server as root (some CI images have no postgres user)."""
-    candidates = [PG_ADMIN_URL]
-    if "://postgres@" in PG_ADMIN_URL:
-        candidates.append(PG_ADMIN_URL.replace("://postgres@", "://root@"))
-    errors = []
-    for url in candidates:
-        try:
-            with psycopg.connect(url, autocommit=True, connect_timeout=5):
-                return url
-        except psycopg.Error as exc:
-            errors.append(f"{url}: {exc}")
-    message = "PostgreSQL unreachable (set TOKENRACE_SKIP_PG=1 to skip): " + "; ".join(errors)
-    if os.environ.get("TOKENRACE_SKIP_PG") == "1":
-        pytest.skip(message)
-    pytest.fail(message)
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh database for this test session on the shared server, dropped afterwards."""
-    admin = _admin_url()
-    name = f"tokenrace_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield admin.rsplit("/", 1)[0] + "/" + name
-    finally:
-        drop = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
-        with psycopg.connect(admin, autocommit=True) as conn:
-            try:
-                conn.execute(drop + sql.SQL(" WITH (FORCE)"))
-            except psycopg.errors.SyntaxError:  # before PostgreSQL 13; every store is closed by now
-                conn.execute(drop)
-
-
-@pytest.fixture
-def pg_store(pg_url: str) -> Iterator[Store]:
-    """An empty schema per test: tables are dropped after each use."""
-    store = Store.open(pg_url)
-    try:
-        yield store
-    finally:
-        with store.engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE IF EXISTS requests, runs, schema_version"))
-        store.close()
 
 
 @pytest.fixture

@@ -40,8 +40,9 @@ app = typer.Typer(
     help="Measure, rank and route LLM endpoints by speed, quality and cost.",
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, `| tee`) gets a readable width instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 132)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 132)
 
 T = TypeVar("T")
 

@@ -12,11 +12,11 @@ from tokenrace.records import RunInfo
 
 _METRIC_ROWS = (
     ("ttft_ms", "TTFT", "ms"),
-    ("ttfat_ms", "time to first answer token", "ms"),
+    ("ttfat_ms", "TTFAT", "ms"),
     ("output_speed_tps", "output speed", "tok/s"),
     ("tpot_ms", "TPOT", "ms"),
     ("itl_ms", "ITL", "ms"),
-    ("e2e_ms", "E2E latency", "ms"),
+    ("e2e_ms", "E2E", "ms"),
     ("schedule_lag_ms", "schedule lag", "ms"),
 )
 _STATS = ("mean", "std", "min", "p50", "p90", "p95", "p99", "p999", "max")
@@ -26,6 +26,10 @@ def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
+        if abs(value) >= 1000:
+            digits = min(digits, 0)
+        elif abs(value) >= 100:
+            digits = min(digits, 1)
         return f"{value:,.{digits}f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
@@ -41,7 +45,7 @@ def summary_renderable(summary: dict[str, Any]) -> Group:
     head.add_row("endpoint", summary.get("endpoint", "–"))
     head.add_row("workload", summary.get("workload", "–"))
     profile = summary.get("profile") or {}
-    head.add_row("profile", ", ".join(f"{k}={v}" for k, v in profile.items() if v not in (None, 0, "")))
+    head.add_row("profile", str(profile.get("label") or profile.get("kind", "–")))
     head.add_row(
         "requests",
         f"{requests['completed']} completed, {requests['failed']} failed, "
@@ -71,7 +75,10 @@ def summary_renderable(summary: dict[str, Any]) -> Group:
     if errors:
         head.add_row("errors", ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())))
 
-    table = Table(title="latency and speed (successful, measured requests)", title_justify="left")
+    table = Table(
+        title="latency and speed (successful, measured requests; TTFAT = time to first answer token)",
+        title_justify="left",
+    )
     table.add_column("metric")
     table.add_column("unit")
     for stat in _STATS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -40,9 +41,18 @@ app = typer.Typer(
     help="Measure, rank and route LLM endpoints by speed, quality and cost.",
     pretty_exceptions_enable=False,
 )
-# Piped output (CI logs, `| tee`) gets a readable width instead of rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 132)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 132)
+
+
+def _width(stream: Any) -> int | None:
+    """Piped output (CI logs, `| tee`) gets $COLUMNS or 132 columns instead of rich's 80."""
+    if stream.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() else 132
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 
 T = TypeVar("T")
 
@@ -52,7 +62,7 @@ class UserError(Exception):
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

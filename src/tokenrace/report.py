@@ -104,7 +104,8 @@ def summary_renderable(summary: dict[str, Any]) -> Group:
 
 def runs_table(runs: list[RunInfo]) -> Table:
     table = Table(title="runs (newest first)", title_justify="left")
-    for column in ("run id", "started", "status", "endpoint", "workload", "profile", "ok/failed", "req/s"):
+    table.add_column("run id", no_wrap=True)
+    for column in ("started", "status", "endpoint", "workload", "profile", "ok/failed", "req/s"):
         table.add_column(column)
     for run in runs:
         summary = run.summary or {}

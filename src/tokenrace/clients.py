@@ -106,14 +106,31 @@ def _usage_openai(record: RequestRecord, usage: dict[str, Any]) -> None:
     record.usage_reasoning_tokens = details.get("reasoning_tokens")
 
 
-def _decode_openai_chat(state: _StreamState, t: float, event: str | None, data: bytes) -> None:
+def _openai_chunk(state: _StreamState, data: bytes) -> dict[str, Any] | None:
+    """The parsed chunk, or None at ``[DONE]``; an in-stream error object ends the request."""
     if data == b"[DONE]":
         state.done = True
-        return
+        return None
     chunk = orjson.loads(data)
     if "error" in chunk:
         raise StreamError(ERR_API, _error_message(chunk))
-    record = state.record
+    return chunk
+
+
+def _openai_chunk_end(record: RequestRecord, choice: dict[str, Any] | None, chunk: dict[str, Any]) -> None:
+    if choice is not None and choice.get("finish_reason"):
+        record.finish_reason = choice["finish_reason"]
+    if chunk.get("usage"):
+        _usage_openai(record, chunk["usage"])
+    if chunk.get("timings"):  # llama.cpp's server-side prompt/decode timings
+        record.server_timings = chunk["timings"]
+
+
+def _decode_openai_chat(state: _StreamState, t: float, event: str | None, data: bytes) -> None:
+    chunk = _openai_chunk(state, data)
+    if chunk is None:
+        return
+    choice = None
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") or {}
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
@@ -129,33 +146,20 @@ def _decode_openai_chat(state: _StreamState, t: float, event: str | None, data: 
             state.tool_call_delta(
                 t, call.get("index", 0), call.get("id"), function.get("name"), function.get("arguments") or ""
             )
-        if choice.get("finish_reason"):
-            record.finish_reason = choice["finish_reason"]
-    if chunk.get("usage"):
-        _usage_openai(record, chunk["usage"])
-    if chunk.get("timings"):  # llama.cpp's server-side prompt/decode timings
-        record.server_timings = chunk["timings"]
+    _openai_chunk_end(state.record, choice, chunk)
 
 
 def _decode_openai_completions(state: _StreamState, t: float, event: str | None, data: bytes) -> None:
-    if data == b"[DONE]":
-        state.done = True
+    chunk = _openai_chunk(state, data)
+    if chunk is None:
         return
-    chunk = orjson.loads(data)
-    if "error" in chunk:
-        raise StreamError(ERR_API, _error_message(chunk))
-    record = state.record
+    choice = None
     for choice in chunk.get("choices") or ():
         text = choice.get("text")
         if text:
             state.answer.append(text)
             state.output(t, text, answer=True)
-        if choice.get("finish_reason"):
-            record.finish_reason = choice["finish_reason"]
-    if chunk.get("usage"):
-        _usage_openai(record, chunk["usage"])
-    if chunk.get("timings"):
-        record.server_timings = chunk["timings"]
+    _openai_chunk_end(state.record, choice, chunk)
 
 
 def _decode_anthropic(state: _StreamState, t: float, event: str | None, data: bytes) -> None:

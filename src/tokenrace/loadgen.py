@@ -147,7 +147,7 @@ async def _run_load(
 
     counter = itertools.count()
     if profile.kind in ("synchronous", "concurrency"):
-        workers = 1 if profile.kind == "synchronous" else int(profile.concurrency or 1)
+        workers = 1 if profile.kind == "synchronous" else _cap(profile.concurrency or 1, max_concurrency)
 
         async def worker() -> None:
             while may_send(seq := next(counter)):
@@ -157,7 +157,7 @@ async def _run_load(
         in_flight.update(tasks)
         await _wait_or_stop(tasks, stop)
     else:
-        cap = asyncio.Semaphore(max_concurrency or profile.concurrency or 10**9)
+        cap = asyncio.Semaphore(_cap(profile.concurrency or 10**9, max_concurrency))
         start = perf_counter()
         for seq, offset in zip(counter, arrival_offsets(profile), strict=False):
             if not may_send(seq):
@@ -188,6 +188,11 @@ async def _run_load(
         await asyncio.gather(*in_flight, return_exceptions=True)
     records.sort(key=lambda r: r.seq)
     return LoadResult(records=records, interrupted=interrupted)
+
+
+def _cap(wanted: int, endpoint_limit: int | None) -> int:
+    """The endpoint's own ``max_concurrency`` bounds whatever the profile asks for."""
+    return min(int(wanted), endpoint_limit) if endpoint_limit else int(wanted)
 
 
 async def _wait_or_stop(tasks: list[asyncio.Task[None]], stop: asyncio.Event) -> None:

@@ -7,6 +7,8 @@ reasoning field variants, llama.cpp timings, Anthropic tool use, in-stream error
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -208,3 +210,34 @@ async def test_http_errors_keep_status_and_message(canned):
 def test_completions_flatten_messages_into_a_prompt():
     path, _, body = build_request("openai-completions", "m", REQUEST, None, {})
     assert path == "/completions" and orjson.loads(body)["prompt"] == "be brief\n\nhi"
+
+
+async def test_https_endpoint_with_a_verified_certificate(tmp_path, monkeypatch):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # how a user trusts a private CA, too
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    body = sse(chunk({"content": "secure"}, "stop"))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_tls)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    try:
+        record = await send(url)
+        monkeypatch.delenv("SSL_CERT_FILE")
+        untrusted = await send(url)
+    finally:
+        server.close()
+    assert (record.status, record.output_text) == (OK, "secure"), record.error_detail
+    assert (untrusted.status, untrusted.error_category) == (FAILED, "connect")
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.error_detail

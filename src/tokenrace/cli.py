@@ -293,7 +293,10 @@ def show(
     if json_out:
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
-    console.print(f"status: {run.status}")
+    if Store.is_incomplete(run):
+        console.print("status: running — or incomplete: no end was recorded (the process may have been killed)")
+    else:
+        console.print(f"status: {run.status}")
     console.print(summary_renderable(summary))
 
 

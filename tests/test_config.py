@@ -652,3 +652,53 @@ def test_models_are_strict() -> None:
         Price.model_validate({"input": 1, "output": 1, "cache": 1})
     with pytest.raises(ValueError):
         Timeouts(connect_s=0)
+
+
+def test_local_engine_endpoint_needs_no_url_and_costs_nothing_per_token(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        "tokenrace.yaml",
+        """\
+        endpoints:
+          - name: small
+            engine: local
+            model: smollm2-135m
+            price_per_hour: 0.35
+            local: {parallel: 2, context: 4096}
+        """,
+    )
+    endpoint = load_config(p).endpoint("small")
+    assert endpoint.is_local and endpoint.api == "openai-chat"
+    assert (endpoint.price.input, endpoint.price.output) == (0.0, 0.0) and endpoint.price_per_hour == 0.35
+    assert (endpoint.local.parallel, endpoint.local.context) == (2, 4096)
+    assert endpoint.with_base_url("http://127.0.0.1:5555/v1").base_url == "http://127.0.0.1:5555/v1"
+
+
+def test_local_engine_with_a_base_url_or_anthropic_api_is_an_error(tmp_path: Path) -> None:
+    err = yaml_error(
+        tmp_path,
+        """\
+        endpoints:
+          - name: a
+            engine: local
+            model: smollm2-135m
+            base_url: http://127.0.0.1:8000/v1
+        """,
+    )
+    assert err.field == "endpoints[0].base_url" and "engine sets it" in err.message
+    err = yaml_error(
+        tmp_path,
+        """\
+        endpoints:
+          - name: a
+            engine: local
+            api: anthropic-messages
+            model: smollm2-135m
+        """,
+    )
+    assert err.field == "endpoints[0].api" and err.line == 4
+
+
+def test_remote_endpoint_still_requires_base_url(tmp_path: Path) -> None:
+    err = yaml_error(tmp_path, "endpoints:\n  - {name: a, api: openai-chat, model: m}\n")
+    assert err.field == "endpoints[0].base_url"

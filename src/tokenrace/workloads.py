@@ -28,7 +28,35 @@ SINGLE_TOKEN_WORDS = (
     "moment air teacher force education"
 ).split()
 
-WORKLOAD_KINDS = ("synthetic", "jsonl")
+WORKLOAD_KINDS = ("synthetic", "chat", "jsonl")
+
+# Short conversational requests of the kind a chat assistant gets all day (written for tokenrace).
+CHAT_PROMPTS = (
+    "What is a good way to start learning to cook at home?",
+    "Explain in two sentences why the sky is blue.",
+    "Give me three ideas for a rainy Sunday afternoon with kids.",
+    "How do I politely decline a meeting invitation?",
+    "What is the difference between a virus and a bacterium?",
+    "Write a haiku about a train leaving the station at dawn.",
+    "Suggest a name for a small bakery that sells sourdough bread.",
+    "How long should I boil an egg for a soft yolk?",
+    "Summarise the plot of Romeo and Juliet in three sentences.",
+    "What are the main benefits of regular walking?",
+    "Translate 'Where is the train station?' into French and Spanish.",
+    "Explain what a budget is to a ten-year-old.",
+    "What should I pack for a weekend hiking trip?",
+    "Why do leaves change colour in autumn?",
+    "Give me a short motivational message for a Monday morning.",
+    "How can I make my houseplants grow better?",
+    "What is the capital of Australia, and why is it not Sydney?",
+    "Write a two-line thank-you note to a colleague who helped me.",
+    "Explain the rules of tic-tac-toe.",
+    "What are some tips for sleeping better?",
+    "Describe the taste of a ripe mango to someone who has never had one.",
+    "How does a rainbow form?",
+    "Recommend a simple stretching routine for people who sit all day.",
+    "What is the difference between weather and climate?",
+)
 
 
 class WorkloadError(ValueError):
@@ -68,16 +96,23 @@ class Workload:
         """Endless stream of requests (a finite file is cycled)."""
         if self.kind == "synthetic":
             return _synthetic(self.options, seed)
+        if self.kind == "chat":
+            return _chat(self.options, seed)
         return _jsonl(Path(self.options["path"]), self.options)
 
 
 def parse_workload(spec: str) -> Workload:
-    """``synthetic:input=1000,output=200[,ignore_eos=1,temperature=0]`` or ``jsonl:PATH[,output=N]``."""
+    """``synthetic:input=1000,output=200[,ignore_eos=1,temperature=0]``, ``chat[:output=N]`` or
+    ``jsonl:PATH[,output=N]``."""
     kind, _, rest = spec.partition(":")
     if kind not in WORKLOAD_KINDS:
         raise WorkloadError(
-            f"unknown workload {spec!r}; valid: synthetic:input=N,output=M[,ignore_eos=1] or jsonl:PATH"
+            f"unknown workload {spec!r}; valid: synthetic:input=N,output=M[,ignore_eos=1], chat[:output=N], "
+            "or jsonl:PATH"
         )
+    if kind == "chat":
+        options = {"output": 256, **_parse_options(rest, spec, {"output", "temperature"})}
+        return Workload(spec, kind, options)
     if kind == "jsonl":
         path, _, opts = rest.partition(",")
         if not path:
@@ -137,6 +172,26 @@ def _synthetic(options: dict[str, Any], seed: int) -> Iterator[WorkloadRequest]:
             input_tokens=length,
         )
         number += 1
+
+
+def _chat(options: dict[str, Any], seed: int) -> Iterator[WorkloadRequest]:
+    """The built-in chat prompts in a seeded order; a request number keeps every prompt unique so a
+    prompt cache cannot answer a repeat for free."""
+    rng = random.Random(seed)
+    order = list(range(len(CHAT_PROMPTS)))
+    number = 0
+    while True:
+        rng.shuffle(order)
+        for index in order:
+            text = f"({number}) {CHAT_PROMPTS[index]}"
+            yield WorkloadRequest(
+                prompt_id=f"chat-{index}",
+                messages=[{"role": "user", "content": text}],
+                max_tokens=int(options["output"]),
+                params={"temperature": float(options.get("temperature", 0.0))},
+                input_tokens=count_tokens(text),
+            )
+            number += 1
 
 
 def _jsonl(path: Path, options: dict[str, Any]) -> Iterator[WorkloadRequest]:

@@ -241,3 +241,20 @@ async def test_https_endpoint_with_a_verified_certificate(tmp_path, monkeypatch)
     assert (record.status, record.output_text) == (OK, "secure"), record.error_detail
     assert (untrusted.status, untrusted.error_category) == (FAILED, "connect")
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted.error_detail
+
+
+async def test_a_kept_alive_connection_the_server_closes_is_retried_once_on_a_fresh_one(canned):
+    # Like llama.cpp: announces keep-alive, then closes a moment after the response without reading more.
+    body = sse(chunk({"content": "a"}, "stop"))
+    url, seen = await canned(body, hold_s=0.05, headers=b"Connection: keep-alive\r\n")
+    client = EndpointClient(name="t", api="openai-chat", base_url=url, model="m", origin=time.perf_counter())
+    try:
+        records = []
+        for seq in range(3):
+            record = client.new_record("run", seq, 0.0, "w")
+            records.append(await client.send(REQUEST, record))
+    finally:
+        await client.aclose()
+    assert [r.status for r in records] == [OK, OK, OK], [r.error_detail for r in records]
+    assert any(r.extra.get("stale_connection_retry") for r in records[1:])
+    assert len(seen) == 3  # each request reached the server exactly once

@@ -69,12 +69,13 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     from tokenrace.bench import PreflightError
+    from tokenrace.engines.server import EngineError
 
     try:
         yield
     except (ConfigError, UnknownEndpointError, WorkloadError, UnknownRunError, UserError, ValueError) as exc:
         raise _fail(str(exc)) from None
-    except PreflightError as exc:
+    except (PreflightError, EngineError) as exc:
         raise _fail(str(exc), code=1) from None
 
 

@@ -22,6 +22,7 @@ from tokenrace.http import ConnectionPool, HTTPClientError, Response
 from tokenrace.records import (
     ERR_API,
     ERR_CANCELLED,
+    ERR_CONNECT,
     ERR_HTTP_4XX,
     ERR_HTTP_5XX,
     ERR_MALFORMED,
@@ -331,9 +332,19 @@ class EndpointClient:
         deadline_first = loop_time() + min(self.first_token_timeout_s, self.total_timeout_s)
         try:
             response, connect_s = await self.pool.request("POST", path, headers, body)
+            try:
+                await response.wait_headers(max(deadline_first - loop_time(), 0.001))
+            except HTTPClientError as exc:
+                if connect_s is not None or exc.category != ERR_CONNECT:
+                    raise
+                # A kept-alive connection the server closed as we reused it (llama.cpp closes after
+                # every stream while announcing keep-alive): no byte came back, so send once more on a
+                # new connection, as curl does. Noted on the record; the time stays inside TTFT.
+                record.extra["stale_connection_retry"] = True
+                response, connect_s = await self.pool.request("POST", path, headers, body, fresh=True)
+                await response.wait_headers(max(deadline_first - loop_time(), 0.001))
             if connect_s is not None:
                 record.extra["connect_ms"] = round(connect_s * 1000, 3)
-            await response.wait_headers(max(deadline_first - loop_time(), 0.001))
             record.headers_s = response.headers_at - origin  # type: ignore[operator]
             record.http_status = response.status
             if response.status != 200:

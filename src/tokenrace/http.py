@@ -15,6 +15,7 @@ reports what happened rather than hiding it.
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 import time
 from collections.abc import Mapping
@@ -101,6 +102,21 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.abort()
         self.closed = True
+
+    def peer_closed(self) -> bool:
+        """Whether an idle connection has become readable: the server closed it (EOF) or sent bytes
+        nobody asked for. Some servers (llama.cpp among them) close after every streamed response
+        while announcing keep-alive; the FIN is already in the socket before the event loop reports it,
+        so this check keeps the next request off a dead connection."""
+        transport = self.transport
+        if transport is None:
+            return True
+        sock = transport.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
+        if fd < 0:
+            return True
+        readable, _, _ = select.select([fd], [], [], 0)
+        return bool(readable)
 
 
 class Response:
@@ -268,17 +284,18 @@ class ConnectionPool:
         return conn
 
     async def request(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes = b""
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes = b"", *, fresh: bool = False
     ) -> tuple[Response, float | None]:
         """Send a request; return the pending response and, when a new connection was opened for it,
         how long connecting took (seconds)."""
         conn = None
         connect_s = None
-        while self._idle:
+        while self._idle and not fresh:
             candidate = self._idle.pop()
-            if not candidate.closed:
+            if not candidate.closed and not candidate.peer_closed():
                 conn = candidate
                 break
+            candidate._abort()
         if conn is None:
             started = perf_counter()
             conn = await self._connect()

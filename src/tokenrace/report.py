@@ -92,12 +92,19 @@ def summary_renderable(summary: dict[str, Any]) -> Group:
     parts: list[Any] = [head, table]
     server = summary.get("server")
     if server:
+        # Server-side truth (llama.cpp's own timings) beside the client's measurement of the same streams.
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold")
         grid.add_column()
-        for key, value in server.items():
-            shown = _fmt(value.get("p50")) + " (p50)" if isinstance(value, dict) else _fmt(value)
-            grid.add_row(f"server {key}", shown)
+        decode = server.get("decode_tps") or {}
+        prefill = server.get("prefill_tps") or {}
+        if decode.get("count"):
+            grid.add_row("server decode", f"{_fmt(decode.get('p50'), 1)} tok/s p50 (the engine's own timing)")
+        if prefill.get("count"):
+            grid.add_row("server prefill", f"{_fmt(prefill.get('p50'), 1)} tok/s p50")
+        gap = server.get("client_vs_server_speed_pct")
+        if gap is not None:
+            grid.add_row("client vs server", f"client output speed {gap:+.2f}% from the server's figure (median)")
         parts.append(grid)
     return Group(*parts)
 
@@ -132,21 +139,15 @@ def runs_table(runs: list[RunInfo]) -> Table:
 
 def leaderboard_table(summaries: list[dict[str, Any]], title: str = "leaderboard") -> Table:
     """One row per run, fastest output speed first: the numbers people compare models by."""
-    table = Table(title=title, title_justify="left")
-    columns = (
-        "endpoint",
-        "output speed p50 tok/s",
-        "TTFT p50 ms",
-        "TTFT p95 ms",
-        "E2E p50 ms",
-        "throughput tok/s",
-        "req/s",
-        "server decode tok/s",
-        "ok/failed",
-        "quality",
+    table = Table(title=title, title_justify="left", caption_justify="left")
+    table.caption = (
+        "speed: output tok/s per request (p50); throughput: output tok/s of all streams together at the given "
+        "concurrency; server: llama.cpp's own decode speed (p50); quality: scored once workload suites exist"
     )
-    for column in columns:
-        table.add_column(column, justify="left" if column == "endpoint" else "right")
+    table.add_column("endpoint", no_wrap=True)
+    for column in ("speed", "TTFT p50 ms", "TTFT p95 ms", "E2E p50 ms", "throughput", "req/s", "server", "ok/failed"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("quality")
 
     def speed(summary: dict[str, Any]) -> float:
         return summary["metrics"]["output_speed_tps"].get("p50") or 0.0
@@ -167,6 +168,6 @@ def leaderboard_table(summaries: list[dict[str, Any]], title: str = "leaderboard
             _fmt(throughput["requests_per_s"]),
             _fmt(server.get("p50"), 1),
             f"{requests['completed']}/{requests['failed']}",
-            "not scored yet",
+            "–",
         )
     return table

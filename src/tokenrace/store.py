@@ -148,8 +148,7 @@ def _column_type(spec: FieldSpec, json_type: Any) -> Any:
 def _columns(specs: Iterable[FieldSpec], json_type: Any, keys: Sequence[str]) -> list[sa.Column[Any]]:
     """Nullable exactly when the hint is Optional; key columns are never null."""
     return [
-        sa.Column(s.name, _column_type(s, json_type), primary_key=s.name in keys, nullable=s.optional)
-        for s in specs
+        sa.Column(s.name, _column_type(s, json_type), primary_key=s.name in keys, nullable=s.optional) for s in specs
     ]
 
 
@@ -269,9 +268,7 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(_runs.insert().values(**_as_dict(info, RUN_FIELDS)))
 
-    def finish_run(
-        self, run_id: str, status: str, summary: dict[str, Any] | None, finished_at: float
-    ) -> None:
+    def finish_run(self, run_id: str, status: str, summary: dict[str, Any] | None, finished_at: float) -> None:
         """Record how the run ended; raises UnknownRunError if it was never created."""
         with self.engine.begin() as conn:
             result = conn.execute(
@@ -308,12 +305,9 @@ class Store:
             raise AmbiguousRunError(f"run id prefix {run_id!r} matches several runs: {ids}")
         latest = self.list_runs(limit=5)
         if not latest:
-            raise UnknownRunError(
-                f"no run {run_id!r}: {self.location} has no runs yet; run `tokenrace bench` first"
-            )
+            raise UnknownRunError(f"no run {run_id!r}: {self.location} has no runs yet; run `tokenrace bench` first")
         raise UnknownRunError(
-            f"no run matches {run_id!r} in {self.location}; latest runs: "
-            + ", ".join(r.run_id for r in latest)
+            f"no run matches {run_id!r} in {self.location}; latest runs: " + ", ".join(r.run_id for r in latest)
         )
 
     @staticmethod

@@ -116,3 +116,54 @@ def test_config_error_names_file_line_and_field(tmp_path):
     result = _run("bench", "--endpoint", "a", cwd=tmp_path)
     assert result.returncode == 2
     assert "tokenrace.yaml:6" in result.stderr and "max_concurency" in result.stderr
+
+
+def _engine_children() -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"tokenrace.engines._child" in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.slow
+def test_bench_local_model_serves_measures_stores_and_leaves_no_engine_behind(tmp_path):
+    before = _engine_children()
+    out = tmp_path / "summary.json"
+    result = _run(
+        "bench", "--local", "smollm2-135m", "-w", "chat:output=24", "-c", "2", "-n", "6", "--warmup", "1",
+        "--json", str(out), "--store", "t.db", "--quiet", cwd=tmp_path, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(out.read_text())
+    assert summary["endpoint"] == "smollm2-135m"
+    assert summary["requests"] == {"completed": 6, "failed": 0, "incomplete": 0, "warmup": 1}
+    assert summary["server"]["decode_tps"]["count"] == 6
+    with Store.open(str(tmp_path / "t.db")) as db:
+        run = db.get_run(summary["run_id"])
+    assert run.config["engine"]["model"] == "smollm2-135m" and run.config["engine"]["parallel"] == 4
+    assert _engine_children() - before == set()
+
+
+def test_unknown_local_model_lists_the_known_ones(tmp_path):
+    result = _run("bench", "--local", "gpt-5", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "smollm2-135m" in result.stderr and "qwen2.5-coder-0.5b" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_benchmarks_two_local_models_and_prints_a_leaderboard(tmp_path):
+    before = _engine_children()
+    result = _run("demo", "-n", "4", "--output", "16", "--store", "t.db", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "leaderboard" in result.stdout
+    assert "smollm2-135m" in result.stdout and "qwen2.5-coder-0.5b" in result.stdout
+    with Store.open(str(tmp_path / "t.db")) as db:
+        runs = db.list_runs()
+    assert sorted(r.endpoint for r in runs) == ["qwen2.5-coder-0.5b", "smollm2-135m"]
+    assert all(r.status == "complete" and r.summary["requests"]["completed"] == 4 for r in runs)
+    assert _engine_children() - before == set()

@@ -8,6 +8,7 @@ token each, with a unique prefix per request so no prefix cache can flatter the 
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,10 +144,17 @@ def _parse_options(text: str, spec: str, allowed: set[str]) -> dict[str, Any]:
     return options
 
 
-def synthetic_prompt(tokens: int, rng: random.Random, request_number: int) -> tuple[str, int]:
+def run_nonce() -> str:
+    """A few random hex digits that make a run's prompts unique even against an earlier run with the
+    same seed: servers keep prompt caches across requests (llama.cpp, vLLM prefix caching), and a
+    repeated prompt would flatter TTFT."""
+    return secrets.token_hex(3)
+
+
+def synthetic_prompt(tokens: int, rng: random.Random, request_id: str) -> tuple[str, int]:
     """A prompt of ``tokens`` cl100k tokens (at least the unique prefix) whose first tokens are unique
     to the request; returns the text and its exact token count."""
-    unique = f"Request {request_number}:"
+    unique = f"Request {request_id}:"
     prefix_tokens = count_tokens(unique)
     words = rng.choices(SINGLE_TOKEN_WORDS, k=max(tokens - prefix_tokens, 0))
     return unique + "".join(" " + w for w in words), prefix_tokens + len(words)
@@ -154,6 +162,7 @@ def synthetic_prompt(tokens: int, rng: random.Random, request_number: int) -> tu
 
 def _synthetic(options: dict[str, Any], seed: int) -> Iterator[WorkloadRequest]:
     rng = random.Random(seed)
+    nonce = run_nonce()
     vary = float(options.get("vary", 0.0))  # ± fraction of the input length, uniform
     params: dict[str, Any] = {"temperature": float(options.get("temperature", 0.0))}
     if options.get("ignore_eos"):
@@ -163,7 +172,7 @@ def _synthetic(options: dict[str, Any], seed: int) -> Iterator[WorkloadRequest]:
         length = options["input"]
         if vary:
             length = max(1, round(length * (1 + rng.uniform(-vary, vary))))
-        text, length = synthetic_prompt(length, rng, number)
+        text, length = synthetic_prompt(length, rng, f"{nonce}-{number}")
         yield WorkloadRequest(
             prompt_id=f"synthetic-{number}",
             messages=[{"role": "user", "content": text}],
@@ -178,12 +187,13 @@ def _chat(options: dict[str, Any], seed: int) -> Iterator[WorkloadRequest]:
     """The built-in chat prompts in a seeded order; a request number keeps every prompt unique so a
     prompt cache cannot answer a repeat for free."""
     rng = random.Random(seed)
+    nonce = run_nonce()
     order = list(range(len(CHAT_PROMPTS)))
     number = 0
     while True:
         rng.shuffle(order)
         for index in order:
-            text = f"({number}) {CHAT_PROMPTS[index]}"
+            text = f"({nonce}-{number}) {CHAT_PROMPTS[index]}"
             yield WorkloadRequest(
                 prompt_id=f"chat-{index}",
                 messages=[{"role": "user", "content": text}],

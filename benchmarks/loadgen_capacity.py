@@ -60,6 +60,18 @@ async def measure(endpoint: EndpointConfig, store: Store, profile: LoadProfile, 
     }
 
 
+def add_row(table: Table, scenario: str, row: dict) -> None:
+    table.add_row(
+        scenario,
+        f"{row['completed']:,}",
+        str(row["failed"]),
+        f"{row['rps']:,.0f}",
+        f"{row['cpu_ms_per_request']:.3f}",
+        f"{row['lag_p50']:.3f}",
+        f"{row['lag_p99']:.3f}",
+    )
+
+
 async def main(quick: bool) -> None:
     console = Console(width=150)
     table = Table(title="tokenrace load generator vs the emulator (one client process)", title_justify="left")
@@ -77,28 +89,12 @@ async def main(quick: bool) -> None:
             for concurrency in (32, 128):
                 profile = LoadProfile(kind="concurrency", concurrency=concurrency, requests=total, warmup_requests=200)
                 row = await measure(endpoint, store, profile, workload)
-                table.add_row(
-                    f"capacity, closed loop, {concurrency} streams",
-                    f"{row['completed']:,}",
-                    str(row["failed"]),
-                    f"{row['rps']:,.0f}",
-                    f"{row['cpu_ms_per_request']:.3f}",
-                    f"{row['lag_p50']:.3f}",
-                    f"{row['lag_p99']:.3f}",
-                )
+                add_row(table, f"capacity, closed loop, {concurrency} streams", row)
             seconds = 3 if quick else 6
             for rate in (100, 500, 1000):
                 profile = LoadProfile(kind="constant", rate=rate, requests=rate * seconds, warmup_requests=50)
                 row = await measure(endpoint, store, profile, workload)
-                table.add_row(
-                    f"constant rate {rate}/s",
-                    f"{row['completed']:,}",
-                    str(row["failed"]),
-                    f"{row['rps']:,.0f}",
-                    f"{row['cpu_ms_per_request']:.3f}",
-                    f"{row['lag_p50']:.3f}",
-                    f"{row['lag_p99']:.3f}",
-                )
+                add_row(table, f"constant rate {rate}/s", row)
         with EmulatorProcess(EmulatorSettings(ttft_ms=50, itl_ms=10, tokens=64, timings=True)) as emu:
             endpoint = EndpointConfig.adhoc(emu.base_url, "openai-chat", "emulator", name="emulator")
             requests = 640 if quick else 1280

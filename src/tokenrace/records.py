@@ -100,6 +100,9 @@ class RequestRecord:
     output_tokens_requested: int | None = None
 
     server_timings: dict[str, Any] | None = None  # e.g. llama.cpp's own prompt/decode speed
+    suite: str | None = None  # the workload suite of the request (chat, coding, rag...)
+    quality: float | None = None  # the suite's score in [0, 1]; None when unscored
+    quality_detail: str | None = None  # the scorer's reason
     extra: dict[str, Any] = field(default_factory=dict)  # route, key id, prompt id... (gateway, workloads)
 
     @property

@@ -73,6 +73,8 @@ class WorkloadRequest:
     max_tokens: int | None = None
     params: dict[str, Any] = field(default_factory=dict)  # extra body fields (temperature, ignore_eos...)
     input_tokens: int | None = None  # cl100k count of the prompt text, when known
+    suite: str = ""  # the workload suite that made it, which also scores it
+    reference: Any = None  # what the suite's scorer needs (expected answer, tests, planted facts)
 
     @property
     def prompt(self) -> str:

@@ -28,7 +28,7 @@ from tokenrace.metrics import SLO, summarize
 from tokenrace.profiles import LoadProfile, sweep_rates
 from tokenrace.records import RunClock, RunInfo
 from tokenrace.store import RecordWriter, Store
-from tokenrace.workloads import Workload
+from tokenrace.workloads import RequestSource
 
 
 class PreflightError(RuntimeError):
@@ -89,7 +89,7 @@ class BenchResult:
 
 async def run_bench(
     endpoint: EndpointConfig,
-    workload: Workload,
+    workload: RequestSource,
     profile: LoadProfile,
     store: Store,
     *,
@@ -166,7 +166,7 @@ def run_summary(run: RunInfo, records: list[Any], slo: SLO | None = None) -> dic
 
 async def run_sweep(
     endpoint: EndpointConfig,
-    workload: Workload,
+    workload: RequestSource,
     profile: LoadProfile,
     store: Store,
     *,

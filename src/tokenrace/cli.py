@@ -123,6 +123,14 @@ def bench(
     workload: Annotated[
         str, typer.Option("--workload", "-w", help="synthetic:input=N,output=M[,ignore_eos=1] or jsonl:PATH")
     ] = "synthetic:input=256,output=128",
+    suite: Annotated[
+        str | None,
+        typer.Option("--suite", "-s", help="scored workload suites, e.g. chat,coding,math,structured,rag,tools"),
+    ] = None,
+    sample: Annotated[int | None, typer.Option("--sample", help="at most this many items per suite")] = None,
+    max_context: Annotated[
+        int | None, typer.Option("--max-context", help="the endpoint's context window (caps rag prompts)")
+    ] = None,
     concurrency: Annotated[
         int | None, typer.Option("--concurrency", "-c", help="requests in flight (cap when --rate is set)")
     ] = None,
@@ -157,13 +165,18 @@ def bench(
             endpoint_cfg = EndpointConfig(name=endpoint or local, engine="local", model=local)
         else:
             endpoint_cfg = _resolve_endpoint(endpoint, config, base_url, api, model)
-        workload_spec = parse_workload(workload)
+        if suite:
+            from tokenrace.suites.workload import parse_suite_workload
+
+            workload_spec = parse_suite_workload(suite, sample=sample, max_context=max_context)
+        else:
+            workload_spec = parse_workload(workload)
         profile = profile_from_cli(concurrency, rate, arrival, requests, duration, warmup, seed)
         slo_spec = parse_slo(slo) if slo else None
         endpoint_cfg.api_key()  # a missing secret is bad input, reported before anything starts
         db = Store.open(store)
     args = {
-        "workload": workload,
+        "workload": workload_spec.name,
         "concurrency": concurrency,
         "requests": requests,
         "rate": rate,

@@ -16,9 +16,11 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import os
 import sys
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from time import monotonic, perf_counter
 
@@ -26,7 +28,7 @@ from tokenrace.clients import EndpointClient
 from tokenrace.profiles import LoadProfile, arrival_offsets
 from tokenrace.records import FAILED, OK, PHASE_MEASURE, PHASE_WARMUP, RequestRecord
 from tokenrace.timers import sleep_until
-from tokenrace.workloads import Workload
+from tokenrace.workloads import RequestSource, WorkloadRequest
 
 
 @dataclass
@@ -69,7 +71,7 @@ class LoadResult:
 
 async def run_load(
     client: EndpointClient,
-    workload: Workload,
+    workload: RequestSource,
     profile: LoadProfile,
     *,
     run_id: str,
@@ -106,7 +108,7 @@ async def run_load(
 
 async def _run_load(
     client: EndpointClient,
-    workload: Workload,
+    workload: RequestSource,
     profile: LoadProfile,
     run_id: str,
     on_record: Callable[[RequestRecord], None] | None,
@@ -128,17 +130,38 @@ async def _run_load(
         if on_record is not None:
             on_record(record)
 
+    # Suites grade each answer. Grading (HumanEval runs code) happens off the event loop and after the
+    # request's timing is complete, so it neither delays other streams nor holds a closed-loop worker.
+    scorer = getattr(workload, "score", None)
+    scoring: set[asyncio.Task[None]] = set()
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="score") if scorer else None
+
+    async def score_then_finish(request: WorkloadRequest, record: RequestRecord) -> None:
+        try:
+            score = await asyncio.get_running_loop().run_in_executor(pool, scorer, request, record)
+            if score is not None:
+                record.quality, record.quality_detail = score.value, score.reason
+        finally:
+            finished(record)
+
     async def send(seq: int, scheduled_s: float) -> None:
         record = client.new_record(run_id, seq, scheduled_s, workload.name)
         record.phase = PHASE_WARMUP if seq < warmup else PHASE_MEASURE
         if seq == warmup and profile.duration_s is not None:
             deadline[0] = perf_counter() + profile.duration_s
+        request = next(requests)
+        record.suite = request.suite or None
         stats.in_flight += 1
         try:
-            await client.send(next(requests), record)
+            await client.send(request, record)
         finally:
             stats.in_flight -= 1
-            finished(record)
+            if scorer is not None and record.status == OK:
+                task = asyncio.create_task(score_then_finish(request, record))
+                scoring.add(task)
+                task.add_done_callback(scoring.discard)
+            else:
+                finished(record)
 
     def may_send(seq: int) -> bool:
         if stop.is_set() or (total is not None and seq >= total):
@@ -186,6 +209,10 @@ async def _run_load(
         for task in in_flight:
             task.cancel()
         await asyncio.gather(*in_flight, return_exceptions=True)
+    if scoring:  # answers already received are graded even after a stop
+        await asyncio.gather(*list(scoring), return_exceptions=True)
+    if pool is not None:
+        pool.shutdown(wait=False)
     records.sort(key=lambda r: r.seq)
     return LoadResult(records=records, interrupted=interrupted)
 

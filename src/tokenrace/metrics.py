@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from itertools import chain, pairwise
@@ -456,7 +457,99 @@ def summarize(records: Iterable[RequestRecord], *, slo: SLO | None = None) -> di
     }
     if any(r.server_timings for r in measure):
         summary["server"] = _server_section(ok, cols["output_speed_tps"])
+    if any(r.suite for r in measure):
+        summary["quality"] = quality_summary(measure)
+        summary["by_suite"] = _by_suite(measure)
     return summary
+
+
+Z_95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def confidence_interval_95(values: list[float]) -> tuple[float, float, str]:
+    """95% interval for the mean score: Wilson's for pass/fail scores (exact 0/1 values; right even at
+    0% or 100%), otherwise the normal approximation mean ± z·s/√n clipped to [0, 1]."""
+    n = len(values)
+    mean = sum(values) / n
+    if all(v in (0.0, 1.0) for v in values):
+        z2 = Z_95 * Z_95
+        centre = (mean + z2 / (2 * n)) / (1 + z2 / n)
+        half = Z_95 * math.sqrt(mean * (1 - mean) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+        return max(0.0, centre - half), min(1.0, centre + half), "wilson"
+    std = statistics.stdev(values) if n > 1 else 0.0
+    half = Z_95 * std / math.sqrt(n)
+    return max(0.0, mean - half), min(1.0, mean + half), "normal"
+
+
+def _quality_stats(values: list[float]) -> dict[str, Any]:
+    low, high, method = confidence_interval_95(values)
+    return {"n": len(values), "mean": sum(values) / len(values), "ci95": [low, high], "ci_method": method}
+
+
+def quality_summary(records: Iterable[RequestRecord]) -> dict[str, Any] | None:
+    """Mean score with a 95% interval per suite and over all scored requests (measure phase, status ok;
+    a failed request has no answer to score and is counted under ``requests`` instead)."""
+    by_suite: dict[str, list[float]] = {}
+    for r in records:
+        if r.phase != PHASE_WARMUP and r.status == OK and r.quality is not None and r.suite:
+            by_suite.setdefault(r.suite, []).append(float(r.quality))
+    if not by_suite:
+        return None
+    every = [v for values in by_suite.values() for v in values]
+    return {
+        "overall": _quality_stats(every),
+        "suites": {suite: _quality_stats(values) for suite, values in sorted(by_suite.items())},
+    }
+
+
+def _by_suite(records: list[RequestRecord]) -> dict[str, Any]:
+    """Speed beside quality for each suite; for ``rag`` also per context-length bucket (the bucket is the
+    middle of the prompt id, ``rag-4k-17``), since long prompts are where TTFT and speed change most."""
+    groups: dict[str, list[RequestRecord]] = {}
+    for r in records:
+        if r.suite and r.phase != PHASE_WARMUP:
+            groups.setdefault(r.suite, []).append(r)
+    section: dict[str, Any] = {}
+    for suite, group in sorted(groups.items()):
+        section[suite] = _speed_row(group)
+        if suite == "rag":
+            buckets: dict[str, list[RequestRecord]] = {}
+            for r in group:
+                parts = str(r.extra.get("prompt_id", "")).split("-")
+                if len(parts) >= 3:
+                    buckets.setdefault(parts[1], []).append(r)
+            section[suite]["by_context"] = {
+                bucket: _speed_row(rows) for bucket, rows in sorted(buckets.items(), key=lambda kv: _bucket_size(kv[0]))
+            }
+    return section
+
+
+def _bucket_size(bucket: str) -> float:
+    try:
+        return float(bucket.rstrip("k")) * (1000 if bucket.endswith("k") else 1)
+    except ValueError:
+        return math.inf
+
+
+def _speed_row(records: list[RequestRecord]) -> dict[str, Any]:
+    ok = [r for r in records if r.status == OK]
+    ttft = describe(_defined(np.array([v if (v := ttft_ms(r)) is not None else np.nan for r in ok], dtype=float)))
+    speed = describe(
+        _defined(np.array([v if (v := output_speed_tps(r)) is not None else np.nan for r in ok], dtype=float))
+    )
+    e2e = describe(_defined(np.array([v if (v := e2e_ms(r)) is not None else np.nan for r in ok], dtype=float)))
+    scores = [float(r.quality) for r in ok if r.quality is not None]
+    prompt = [r.usage_prompt_tokens or r.input_tokens_requested for r in ok]
+    prompt_known = [p for p in prompt if p]
+    return {
+        "completed": len(ok),
+        "failed": sum(1 for r in records if r.status == FAILED),
+        "prompt_tokens_mean": sum(prompt_known) / len(prompt_known) if prompt_known else None,
+        "ttft_ms": {"p50": ttft["p50"], "p95": ttft["p95"]},
+        "output_speed_tps": {"p50": speed["p50"]},
+        "e2e_ms": {"p50": e2e["p50"]},
+        "quality": sum(scores) / len(scores) if scores else None,
+    }
 
 
 def _server_section(ok: list[RequestRecord], client_speed: np.ndarray) -> dict[str, Any]:

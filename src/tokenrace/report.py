@@ -90,6 +90,9 @@ def summary_renderable(summary: dict[str, Any]) -> Group:
             continue
         table.add_row(label, unit, *(_fmt(stats.get(s)) for s in _STATS))
     parts: list[Any] = [head, table]
+    by_suite = summary.get("by_suite")
+    if by_suite:
+        parts.append(_suites_table(by_suite, (summary.get("quality") or {}).get("suites") or {}))
     server = summary.get("server")
     if server:
         # Server-side truth (llama.cpp's own timings) beside the client's measurement of the same streams.
@@ -107,6 +110,39 @@ def summary_renderable(summary: dict[str, Any]) -> Group:
             grid.add_row("client vs server", f"client output speed {gap:+.2f}% from the server's figure (median)")
         parts.append(grid)
     return Group(*parts)
+
+
+def _suites_table(by_suite: dict[str, Any], quality: dict[str, Any]) -> Table:
+    """Speed and quality side by side per suite; rag rows per context length."""
+    table = Table(title="by suite (quality: mean score with its 95% interval)", title_justify="left")
+    for column in ("suite", "ok/failed", "prompt tok", "TTFT p50 ms", "TTFT p95 ms", "speed p50", "E2E p50 ms"):
+        table.add_column(column, justify="left" if column == "suite" else "right")
+    table.add_column("quality")
+
+    def add(label: str, row: dict[str, Any], q: dict[str, Any] | None) -> None:
+        if q:
+            low, high = q["ci95"]
+            shown = f"{q['mean']:.3f} [{low:.2f}–{high:.2f}] n={q['n']}"
+        elif row.get("quality") is not None:
+            shown = f"{row['quality']:.3f}"
+        else:
+            shown = "not scored"
+        table.add_row(
+            label,
+            f"{row['completed']}/{row['failed']}",
+            _fmt(row.get("prompt_tokens_mean"), 0),
+            _fmt(row["ttft_ms"]["p50"], 1),
+            _fmt(row["ttft_ms"]["p95"], 1),
+            _fmt(row["output_speed_tps"]["p50"], 1),
+            _fmt(row["e2e_ms"]["p50"], 0),
+            shown,
+        )
+
+    for suite, row in by_suite.items():
+        add(suite, row, quality.get(suite))
+        for bucket, sub in (row.get("by_context") or {}).items():
+            add(f"  {suite} {bucket}", sub, None)
+    return table
 
 
 def runs_table(runs: list[RunInfo]) -> Table:
@@ -168,6 +204,13 @@ def leaderboard_table(summaries: list[dict[str, Any]], title: str = "leaderboard
             _fmt(throughput["requests_per_s"]),
             _fmt(server.get("p50"), 1),
             f"{requests['completed']}/{requests['failed']}",
-            "–",
+            _quality_cell(summary.get("quality")),
         )
     return table
+
+
+def _quality_cell(quality: dict[str, Any] | None) -> str:
+    if not quality:
+        return "–"
+    overall = quality["overall"]
+    return f"{overall['mean']:.2f} (n={overall['n']})"

@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -87,6 +87,15 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):
         return "".join(part.get("text", "") for part in content if isinstance(part, dict))
     return ""
+
+
+class RequestSource(Protocol):
+    """What the load generator needs from a workload (``Workload`` here, ``SuiteWorkload`` for suites)."""
+
+    name: str
+    kind: str
+
+    def requests(self, seed: int = 0) -> Iterator[WorkloadRequest]: ...
 
 
 @dataclass(frozen=True)

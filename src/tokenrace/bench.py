@@ -21,10 +21,20 @@ from typing import Any
 
 from tokenrace import __version__
 from tokenrace.clients import EndpointClient
-from tokenrace.config import EndpointConfig
+from tokenrace.config import EndpointConfig, Price
 from tokenrace.http import HTTPClientError, probe
 from tokenrace.loadgen import LiveStats, LoadResult, run_load
 from tokenrace.metrics import SLO, summarize
+from tokenrace.pricing import (
+    SOURCE_CONFIG,
+    SOURCE_HOURLY,
+    SOURCE_LOCAL,
+    SOURCE_UNKNOWN,
+    catalog_as_of,
+    lookup_price,
+    provider_for_url,
+    run_cost,
+)
 from tokenrace.profiles import LoadProfile, sweep_rates
 from tokenrace.records import RunClock, RunInfo
 from tokenrace.store import RecordWriter, Store
@@ -154,14 +164,32 @@ async def run_bench(
 
 
 def run_summary(run: RunInfo, records: list[Any], slo: SLO | None = None) -> dict[str, Any]:
-    """The ``--json`` summary: run identity first, then every metric section."""
-    return {
+    """The ``--json`` summary: run identity first, then every metric section, then what it cost."""
+    summary = {
         "run_id": run.run_id,
         "endpoint": run.endpoint,
         "workload": run.workload,
         "profile": run.profile,
         **summarize(records, slo=slo),
     }
+    price, source = run_price(run)
+    endpoint = (run.config or {}).get("endpoint") or {}
+    cost = run_cost(records, price, price_per_hour=endpoint.get("price_per_hour"), duration_s=summary.get("duration_s"))
+    summary["cost"] = {"price_source": source, "price": price.model_dump() if price else None, **cost}
+    return summary
+
+
+def run_price(run: RunInfo) -> tuple[Price | None, str]:
+    """The price a stored run is billed at: the one in its stored endpoint config, else the catalog's."""
+    endpoint = (run.config or {}).get("endpoint") or {}
+    if endpoint.get("price"):
+        return Price(**endpoint["price"]), SOURCE_LOCAL if endpoint.get("engine") == "local" else SOURCE_CONFIG
+    if endpoint.get("price_per_hour") is not None:
+        return Price(input=0.0, output=0.0), SOURCE_HOURLY
+    entry = lookup_price(str(endpoint.get("model", "")), provider_for_url(str(endpoint.get("base_url", ""))))
+    if entry is None:
+        return None, SOURCE_UNKNOWN
+    return entry.price, f"catalog: {entry.provider} {entry.model}, list price as of {catalog_as_of()}"
 
 
 async def run_sweep(

@@ -192,7 +192,11 @@ def _decode_anthropic(state: _StreamState, t: float, event: str | None, data: by
     elif kind == "message_start":
         usage = (payload.get("message") or {}).get("usage") or {}
         if "input_tokens" in usage:
-            record.usage_prompt_tokens = usage["input_tokens"] + (usage.get("cache_read_input_tokens") or 0)
+            record.usage_prompt_tokens = (
+                usage["input_tokens"]
+                + (usage.get("cache_read_input_tokens") or 0)
+                + (usage.get("cache_creation_input_tokens") or 0)
+            )
             record.usage_cached_tokens = usage.get("cache_read_input_tokens")
     elif kind == "message_delta":
         delta = payload.get("delta") or {}

@@ -71,6 +71,20 @@ def summary_renderable(summary: dict[str, Any]) -> Group:
             f"({_fmt((goodput.get('good_fraction') or 0) * 100, 1)}%), "
             f"{_fmt(goodput.get('goodput_requests_per_s'))} req/s",
         )
+    cost = summary.get("cost") or {}
+    if cost.get("total_usd") is not None:
+        line = f"${cost['total_usd']:.6f} for the run ({cost.get('price_source')})"
+        if cost.get("cost_per_1m_output_tokens_usd") is not None:
+            line += f", ${cost['cost_per_1m_output_tokens_usd']:.4f} per 1M output tokens"
+        if cost.get("quality_per_usd") is not None:
+            line += f", quality per $ {cost['quality_per_usd']:,.1f}"
+        head.add_row("cost", line)
+    elif cost:
+        head.add_row("cost", f"unknown ({cost.get('price_source')})")
+    quality = (summary.get("quality") or {}).get("overall")
+    if quality:
+        low, high = quality["ci95"]
+        head.add_row("quality", f"{quality['mean']:.3f} mean score, 95% CI {low:.3f}–{high:.3f}, n={quality['n']}")
     errors = summary.get("errors") or {}
     if errors:
         head.add_row("errors", ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())))

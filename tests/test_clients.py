@@ -258,3 +258,21 @@ async def test_a_kept_alive_connection_the_server_closes_is_retried_once_on_a_fr
     assert [r.status for r in records] == [OK, OK, OK], [r.error_detail for r in records]
     assert any(r.extra.get("stale_connection_retry") for r in records[1:])
     assert len(seen) == 3  # each request reached the server exactly once
+
+
+def test_openai_style_tools_and_response_format_are_translated_for_anthropic_and_dropped_for_completions():
+    tools = [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}]
+    request = WorkloadRequest(
+        prompt_id="p",
+        messages=[{"role": "user", "content": "x"}],
+        max_tokens=8,
+        params={"tools": tools, "tool_choice": "auto", "response_format": {"type": "json_object"}, "ignore_eos": True},
+    )
+    _, _, body = build_request("anthropic-messages", "m", request, None, {})
+    payload = orjson.loads(body)
+    assert payload["tools"] == [{"name": "f", "description": "d", "input_schema": {"type": "object"}}]
+    assert payload["tool_choice"] == {"type": "auto"}
+    assert "response_format" not in payload and "ignore_eos" not in payload
+    _, _, body = build_request("openai-completions", "m", request, None, {})
+    payload = orjson.loads(body)
+    assert not {"tools", "tool_choice", "response_format"} & set(payload) and payload["ignore_eos"] is True

@@ -265,11 +265,36 @@ def build_request(
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
     for key, value in request.params.items():
-        if api == "anthropic-messages" and key == "ignore_eos":
-            continue  # not part of the Messages API
-        body[key] = value
+        if api == "anthropic-messages":
+            _anthropic_param(body, key, value)
+        elif api == "openai-completions" and key in _CHAT_ONLY_PARAMS:
+            continue
+        else:
+            body[key] = value
     headers.update(extra_headers)
     return path, headers, orjson.dumps(body)
+
+
+_CHAT_ONLY_PARAMS = frozenset({"tools", "tool_choice", "response_format"})
+
+
+def _anthropic_param(body: dict[str, Any], key: str, value: Any) -> None:
+    """Workloads speak OpenAI's dialect; the Messages API spells tools differently and has no
+    ``response_format`` (the structured suite also states its schema in the prompt) or ``ignore_eos``."""
+    if key == "tools":
+        body["tools"] = [
+            {
+                "name": tool["function"]["name"],
+                "description": tool["function"].get("description", ""),
+                "input_schema": tool["function"].get("parameters") or {"type": "object", "properties": {}},
+            }
+            for tool in value
+            if tool.get("type") == "function"
+        ]
+    elif key == "tool_choice":
+        body["tool_choice"] = {"type": "auto"} if value == "auto" else {"type": "any"} if value == "required" else value
+    elif key not in ("response_format", "ignore_eos"):
+        body[key] = value
 
 
 def _http_error_category(status: int) -> str:

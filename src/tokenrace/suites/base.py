@@ -30,8 +30,9 @@ class Suite(Protocol):
         """Requests in a seeded order; a finite dataset is cycled. Each has ``suite`` and ``reference`` set."""
         ...
 
-    def score(self, request: WorkloadRequest, record: RequestRecord) -> Score:
-        """Grade one finished, successful request (never raises: unparseable output scores 0 with a reason)."""
+    def score(self, request: WorkloadRequest, record: RequestRecord) -> Score | None:
+        """Grade one finished, successful request (never raises: unparseable output scores 0 with a
+        reason). None: the suite does not score (chat)."""
         ...
 
 

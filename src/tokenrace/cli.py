@@ -168,6 +168,8 @@ def bench(
         if suite:
             from tokenrace.suites.workload import parse_suite_workload
 
+            if max_context is None and endpoint_cfg.is_local:  # each slot holds context / parallel tokens
+                max_context = endpoint_cfg.local.context // endpoint_cfg.local.parallel
             workload_spec = parse_suite_workload(suite, sample=sample, max_context=max_context)
         else:
             workload_spec = parse_workload(workload)

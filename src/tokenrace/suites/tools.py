@@ -16,9 +16,10 @@ values ("" among them means the parameter may be left out); the schema's require
 no parameter the schema or the answer lacks; numbers compared numerically; strings compared as BFCL
 does (case, spaces and ``,./-_*^`` ignored); parallel calls matched in any order.
 
-Only structured tool calls count. BFCL's function-calling mode requires them, and an endpoint whose
-tool-call parser fails to recognise the model's output is exactly what a tools benchmark should expose;
-a call written as JSON in the text scores 0 with "no tool call (answered in text)".
+By default only structured tool calls count. BFCL's function-calling mode requires them, and an endpoint
+whose tool-call parser misses the model's output is exactly what a tools benchmark should expose: a call
+written as JSON in the text scores 0 with "no tool call (answered in text)". ``text_calls=True`` grades
+such calls too (BFCL's prompting mode, for models without native tool calling), and says so in the reason.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import copy
 import dataclasses
 import hashlib
 import importlib.metadata
+import json
 import os
 import random
 import re
@@ -397,18 +399,22 @@ class ToolsSuite:
         sample: int | None = None,
         max_tokens: int = 256,
         *,
+        text_calls: bool = False,
         nonce: str | None = None,
         cache: Path | None = None,
     ) -> None:
         """Loads the data at once, so a missing dataset is reported before a run starts.
 
-        ``nonce`` as in the other suites: None tags each question with a fresh per-run prefix, "" sends
-        BFCL's text verbatim.
+        ``text_calls``: also grade calls written as JSON in the text when the endpoint returned no
+        structured call (BFCL's prompting mode; off by default, as BFCL's function-calling mode requires
+        real tool calls). ``nonce`` as in the other suites: None tags each question with a fresh per-run
+        prefix, "" sends BFCL's text verbatim.
         """
         self.categories = _check_categories(categories)
         check_options(sample, max_tokens)
         self.sample = sample
         self.max_tokens = max_tokens
+        self.text_calls = bool(text_calls)
         self.nonce = nonce
         self.questions = load_bfcl(self.categories, cache=cache)
         counts = ", ".join(f"{category} {len(self.questions[category])}" for category in self.categories)
@@ -455,7 +461,9 @@ class ToolsSuite:
 
     def score(self, request: WorkloadRequest, record: RequestRecord) -> Score:
         """1.0 when the structured tool calls match an accepted answer, else 0.0 with the first fault."""
-        return score_tool_calls(request.reference, record.tool_calls, record.output_text, record.finish_reason)
+        return score_tool_calls(
+            request.reference, record.tool_calls, record.output_text, record.finish_reason, text_calls=self.text_calls
+        )
 
 
 def _tagged(template: WorkloadRequest, tag: str) -> WorkloadRequest:
@@ -485,20 +493,39 @@ class _Call:
 
 
 def score_tool_calls(
-    reference: Any, tool_calls: list[dict[str, Any]], output_text: str = "", finish_reason: str | None = None
+    reference: Any,
+    tool_calls: list[dict[str, Any]],
+    output_text: str = "",
+    finish_reason: str | None = None,
+    *,
+    text_calls: bool = False,
 ) -> Score:
-    """Grade tool calls (``{"name", "arguments": JSON string}``) against a tools request's reference."""
+    """Grade tool calls (``{"name", "arguments": JSON string}``) against a tools request's reference.
+    With ``text_calls``, calls written as JSON in the text count when there is no structured call."""
     if not isinstance(reference, Mapping) or not isinstance(reference.get("answers"), list):
         return Score(0.0, "request has no tools reference")
-    names: Mapping[str, str] = reference.get("names") or {}
-    shown_names = {bfcl: api for api, bfcl in names.items()}
     expected: list[tuple[str, dict[str, Any]]] = []
     for answer in reference["answers"]:
         if not isinstance(answer, Mapping) or len(answer) != 1:
             return Score(0.0, "malformed accepted answer in the reference")
         ((function, params),) = answer.items()
         expected.append((str(function), params if isinstance(params, dict) else {}))
+    if not tool_calls and text_calls and (written := calls_in_text(output_text)):
+        score = _grade(reference, expected, written, finish_reason)
+        return Score(score.value, f"{score.reason} (calls written in the text)")
+    if not tool_calls:
+        return Score(0.0, "no tool call (answered in text)" if output_text.strip() else "no tool call")
+    return _grade(reference, expected, tool_calls, finish_reason)
 
+
+def _grade(
+    reference: Mapping[str, Any],
+    expected: list[tuple[str, dict[str, Any]]],
+    tool_calls: list[dict[str, Any]],
+    finish_reason: str | None,
+) -> Score:
+    names: Mapping[str, str] = reference.get("names") or {}
+    shown_names = {bfcl: api for api, bfcl in names.items()}
     calls: list[_Call] = []
     for number, call in enumerate(tool_calls, 1):
         if not isinstance(call, Mapping):
@@ -509,8 +536,6 @@ def score_tool_calls(
             return Score(0.0, f"tool call {number} ({shown}): arguments {args}{cut_off_note(finish_reason)}")
         calls.append(_Call(shown, names.get(shown, shown), args))
 
-    if not calls:
-        return Score(0.0, "no tool call (answered in text)" if output_text.strip() else "no tool call")
     if len(calls) != len(expected):
         return Score(0.0, f"{_count(len(calls))}, expected {len(expected)}")
 
@@ -528,6 +553,29 @@ def score_tool_calls(
     if len(expected) == 1:
         return Score(0.0, str(fault))
     return Score(0.0, f"expected call {unmatched + 1} ({shown_names.get(function, function)}): {fault}")
+
+
+def calls_in_text(text: str) -> list[dict[str, Any]]:
+    """Calls a model wrote as JSON in its answer (BFCL's prompting mode, for models without native tool
+    calls): ``{"name", "arguments" or "parameters"}`` objects, alone or in lists, bare, fenced or tagged."""
+    decoder = json.JSONDecoder()
+    calls: list[dict[str, Any]] = []
+    position = 0
+    while match := _JSON_START.search(text, position):
+        try:
+            value, position = decoder.raw_decode(text, match.start())
+        except ValueError:
+            position = match.start() + 1  # not JSON from here; an object inside may still be
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                args = item.get("arguments", item.get("parameters", {}))
+                arguments = args if isinstance(args, str) else json.dumps(args)
+                calls.append({"id": f"text_{len(calls)}", "name": item["name"], "arguments": arguments})
+    return calls
+
+
+_JSON_START = re.compile(r"[\[{]")
 
 
 def _arguments(raw: Any) -> dict[str, Any] | str:

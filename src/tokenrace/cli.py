@@ -112,6 +112,8 @@ def _resolve_endpoint(
     return cfg.endpoint(endpoint)
 
 
+DEFAULT_SUITE_SAMPLE = 20  # items per suite when --suite comes without --sample / --requests
+
 StoreOpt = Annotated[
     str | None, typer.Option("--store", help="SQLite path or postgresql:// URL [default: ./tokenrace.db]")
 ]
@@ -165,6 +167,10 @@ def bench(
             endpoint_cfg = EndpointConfig(name=endpoint or local, engine="local", model=local)
         else:
             endpoint_cfg = _resolve_endpoint(endpoint, config, base_url, api, model)
+        if suite and requests is None and duration is None:
+            # one pass over each suite's sample unless told otherwise
+            requests = (sample or DEFAULT_SUITE_SAMPLE) * len([n for n in suite.split(",") if n.strip()])
+            sample = sample or DEFAULT_SUITE_SAMPLE
         if suite:
             from tokenrace.suites.workload import parse_suite_workload
 

@@ -158,12 +158,13 @@ def test_unknown_local_model_lists_the_known_ones(tmp_path):
 @pytest.mark.slow
 def test_demo_benchmarks_two_local_models_and_prints_a_leaderboard(tmp_path):
     before = _engine_children()
-    result = _run("demo", "-n", "4", "--output", "16", "--store", "t.db", cwd=tmp_path, timeout=300)
+    result = _run("demo", "--sample", "1", "--suite", "chat,structured", "--store", "t.db", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "leaderboard" in result.stdout
     assert "smollm2-135m" in result.stdout and "qwen2.5-coder-0.5b" in result.stdout
     with Store.open(str(tmp_path / "t.db")) as db:
         runs = db.list_runs()
     assert sorted(r.endpoint for r in runs) == ["qwen2.5-coder-0.5b", "smollm2-135m"]
-    assert all(r.status == "complete" and r.summary["requests"]["completed"] == 4 for r in runs)
+    assert all(r.status == "complete" and r.summary["requests"]["completed"] == 2 for r in runs)
+    assert all(r.summary["quality"]["suites"]["structured"]["n"] == 1 for r in runs)
     assert _engine_children() - before == set()

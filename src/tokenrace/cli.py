@@ -179,7 +179,14 @@ def bench(
             workload_spec = parse_suite_workload(suite, sample=sample, max_context=max_context)
         else:
             workload_spec = parse_workload(workload)
-        profile = profile_from_cli(concurrency, rate, arrival, requests, duration, warmup, seed)
+        if workload_spec.kind == "trace":  # replayed on the trace's own clock, once through
+            if rate is not None or arrival is not None:
+                raise UserError("a trace brings its own send times: drop --rate/--arrival")
+            profile = LoadProfile(
+                kind="trace", concurrency=concurrency, requests=requests or len(workload_spec), seed=seed
+            )
+        else:
+            profile = profile_from_cli(concurrency, rate, arrival, requests, duration, warmup, seed)
         slo_spec = parse_slo(slo) if slo else None
         endpoint_cfg.api_key()  # a missing secret is bad input, reported before anything starts
         db = Store.open(store)

@@ -182,7 +182,9 @@ async def _run_load(
     else:
         cap = asyncio.Semaphore(_cap(profile.concurrency or 10**9, max_concurrency))
         start = perf_counter()
-        for seq, offset in zip(counter, arrival_offsets(profile), strict=False):
+        # A trace brings its own send times; other open-loop kinds draw them from the profile.
+        offsets = iter(workload.offsets) if profile.kind == "trace" else arrival_offsets(profile)  # type: ignore[attr-defined]
+        for seq, offset in zip(counter, offsets, strict=False):
             if not may_send(seq):
                 break
             delay = start + offset - perf_counter()

@@ -37,7 +37,8 @@ CONCURRENCY = "concurrency"
 CONSTANT = "constant"
 POISSON = "poisson"
 GAMMA = "gamma"
-KINDS: tuple[str, ...] = (SYNCHRONOUS, CONCURRENCY, CONSTANT, POISSON, GAMMA)
+TRACE = "trace"  # send times come from a recorded trace (the workload's own timestamps)
+KINDS: tuple[str, ...] = (SYNCHRONOUS, CONCURRENCY, CONSTANT, POISSON, GAMMA, TRACE)
 RATE_KINDS: tuple[str, ...] = (CONSTANT, POISSON, GAMMA)
 
 # Without --requests or --duration a run measures this many requests: enough for stable
@@ -112,6 +113,8 @@ class LoadProfile:
             head = "synchronous"
         elif self.kind == CONCURRENCY:
             head = f"concurrency {self.concurrency}"
+        elif self.kind == TRACE:
+            head = "trace replay" + (f", max {self.concurrency} in flight" if self.concurrency is not None else "")
         else:
             head = f"{self.kind} {self.rate:g} req/s"
             if self.kind == GAMMA:

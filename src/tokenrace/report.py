@@ -80,7 +80,7 @@ def summary_renderable(summary: dict[str, Any]) -> Group:
             line += f", quality per $ {cost['quality_per_usd']:,.1f}"
         head.add_row("cost", line)
     elif cost:
-        head.add_row("cost", f"unknown ({cost.get('price_source')})")
+        head.add_row("cost", str(cost.get("price_source")))
     quality = (summary.get("quality") or {}).get("overall")
     if quality:
         low, high = quality["ci95"]

@@ -29,7 +29,7 @@ SINGLE_TOKEN_WORDS = (
     "moment air teacher force education"
 ).split()
 
-WORKLOAD_KINDS = ("synthetic", "chat", "jsonl")
+WORKLOAD_KINDS = ("synthetic", "chat", "jsonl", "trace")
 
 # Short conversational requests of the kind a chat assistant gets all day (written for tokenrace).
 CHAT_PROMPTS = (
@@ -125,6 +125,15 @@ def parse_workload(spec: str) -> Workload:
     if kind == "chat":
         options = {"output": 256, **_parse_options(rest, spec, {"output", "temperature"})}
         return Workload(spec, kind, options)
+    if kind == "trace":
+        path, _, opts = rest.partition(",")
+        if not path or not Path(path).is_file():
+            raise WorkloadError(f"trace workload needs an existing JSONL file: trace:PATH[,speed=2] (got {path!r})")
+        options = {"speed": 1.0, **_parse_options(opts, spec, {"speed", "output", "temperature"})}
+        if options["speed"] <= 0:
+            raise WorkloadError(f"{spec}: speed must be > 0")
+        trace = TraceWorkload(spec, Path(path), options)
+        return trace  # type: ignore[return-value]
     if kind == "jsonl":
         path, _, opts = rest.partition(",")
         if not path:
@@ -192,6 +201,55 @@ def _synthetic(options: dict[str, Any], seed: int) -> Iterator[WorkloadRequest]:
             input_tokens=length,
         )
         number += 1
+
+
+class TraceWorkload:
+    """A recorded trace replayed on its own clock: JSONL lines with ``timestamp`` (seconds; any origin)
+    and ``messages`` or ``prompt`` (optional ``max_tokens``), sent in timestamp order at
+    ``(timestamp - first) / speed`` after the start. The load profile is ``trace``."""
+
+    kind = "trace"
+
+    def __init__(self, name: str, path: Path, options: dict[str, Any]) -> None:
+        self.name = name
+        self.options = options
+        rows: list[tuple[float, int, dict[str, Any]]] = []
+        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = orjson.loads(line)
+                timestamp = float(row["timestamp"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise WorkloadError(f"{path}:{line_number}: needs JSON with a numeric 'timestamp' ({exc})") from exc
+            rows.append((timestamp, line_number, row))
+        if not rows:
+            raise WorkloadError(f"{path}: no requests in trace")
+        rows.sort(key=lambda r: (r[0], r[1]))
+        first = rows[0][0]
+        self.offsets = [(t - first) / options["speed"] for t, _, _ in rows]
+        self._items: list[WorkloadRequest] = []
+        for _, line_number, row in rows:
+            if isinstance(row.get("messages"), list):
+                messages = row["messages"]
+            elif isinstance(row.get("prompt"), str):
+                messages = [{"role": "user", "content": row["prompt"]}]
+            else:
+                raise WorkloadError(f"{path}:{line_number}: needs a 'messages' list or a 'prompt' string")
+            request = WorkloadRequest(
+                prompt_id=str(row.get("id", f"{path.name}:{line_number}")),
+                messages=messages,
+                max_tokens=row.get("max_tokens", options.get("output")),
+                params={"temperature": options.get("temperature", 0.0)},
+            )
+            request.input_tokens = count_tokens(request.prompt)
+            self._items.append(request)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def requests(self, seed: int = 0) -> Iterator[WorkloadRequest]:
+        yield from self._items
 
 
 def _chat(options: dict[str, Any], seed: int) -> Iterator[WorkloadRequest]:

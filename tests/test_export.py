@@ -133,9 +133,7 @@ def test_format_from_suffix_and_errors(store: Store, tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_missing_pyarrow_says_what_to_install(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_pyarrow_says_what_to_install(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_import = builtins.__import__
 
     def no_pyarrow(name: str, *args: Any, **kwargs: Any) -> Any:

@@ -73,12 +73,8 @@ def streamed(
     )
 
 
-def failed(
-    sent: float = 1.0, done: float = 1.5, category: str | None = "http_5xx", **kw: Any
-) -> RequestRecord:
-    return rec(
-        status=FAILED, scheduled_s=sent - 0.125, sent_s=sent, done_s=done, error_category=category, **kw
-    )
+def failed(sent: float = 1.0, done: float = 1.5, category: str | None = "http_5xx", **kw: Any) -> RequestRecord:
+    return rec(status=FAILED, scheduled_s=sent - 0.125, sent_s=sent, done_s=done, error_category=category, **kw)
 
 
 # ------------------------------------------------------------------------------------------ describe
@@ -455,9 +451,7 @@ def test_summarize_100k_records_is_fast() -> None:
     for i in range(100_000):
         sent = i * 0.01
         tokens = [sent + 0.2 + j * 0.01 for j in range(64)]
-        records.append(
-            streamed(scheduled=sent, sent=sent, tokens=tuple(tokens), done=tokens[-1] + 0.001, usage=64)
-        )
+        records.append(streamed(scheduled=sent, sent=sent, tokens=tuple(tokens), done=tokens[-1] + 0.001, usage=64))
     start = time.perf_counter()
     s = summarize(records, slo=SLO(ttft_ms=300, itl_ms=20, min_output_speed_tps=50))
     elapsed = time.perf_counter() - start

@@ -153,6 +153,8 @@ def test_run_cost_totals_exclude_warmup():
     assert out["cost_per_1m_output_tokens_usd"] == approx(3500e-6 * 1e6 / 800)
     assert out["tokens_per_usd"] == approx(2800 / 3500e-6)
     assert out["output_tokens_per_usd"] == approx(800 / 3500e-6)
+    # 800 output tokens per $0.0035: throughput per dollar-per-hour of spend is that over 3600 s
+    assert out["output_speed_per_usd_per_hour"] == approx(800 / 3500e-6 / 3600)
     assert out["usd_per_hour"] == approx(3500e-6 * 360)
     assert out["quality_scored"] == 2 and out["quality_mean"] == approx(0.75)
     assert out["quality_per_usd"] == approx(0.75 / (3500e-6 / 3))

@@ -82,6 +82,7 @@ Over the measure-phase records (warmup records are excluded: they are not part o
     tokens_per_usd                 = (input_tokens + output_tokens) / total_usd
     output_tokens_per_usd          = output_tokens / total_usd
     usd_per_hour                   = total_usd · 3600 / duration_s   (spend rate at the measured load)
+    output_speed_per_usd_per_hour  = (output_tokens / duration_s) / usd_per_hour = output_tokens_per_usd / 3600
     quality_mean                   = mean of quality over the scored records (quality not None)
     quality_per_usd                = quality_mean / per_request_mean_usd
 
@@ -89,9 +90,9 @@ Over the measure-phase records (warmup records are excluded: they are not part o
 is ``price_per_hour / (3600 · output_tokens / duration_s) · 10⁶``, the hourly price at the measured output
 throughput; for an API it is everything the run paid per million output tokens, input included.
 ``usd_per_hour`` is the converse: what the measured load costs per hour on an API, to set against a GPU's
-hourly price. A "speed per dollar" figure (output tokens/s per $/h) is ``output_tokens_per_usd / 3600``
-(throughput ÷ spend rate = tokens ÷ spend), so it is not reported apart; per-request output speed is a
-latency figure, to be plotted against cost rather than divided by it. With quality scored 0 or 1,
+hourly price. The "speed per dollar" figure, ``output_speed_per_usd_per_hour`` (output tokens/s per $/h of
+spend), is ``output_tokens_per_usd / 3600`` (throughput ÷ spend rate = tokens ÷ spend); per-request output
+speed is a latency figure, to be plotted against cost rather than divided by it. With quality scored 0 or 1,
 ``quality_per_usd`` is the expected number of correct answers per dollar.
 
 A figure is None when it is undefined: no price (``price`` None and no ``price_per_hour``), a zero or
@@ -596,6 +597,8 @@ def run_cost(
         "tokens_per_usd": _ratio(all_tokens, total_usd),
         "output_tokens_per_usd": _ratio(output_tokens, total_usd),
         "usd_per_hour": _ratio(total_usd, duration_s, 3600.0),
+        # throughput bought per dollar-per-hour of spend: (output_tokens / duration_s) / usd_per_hour
+        "output_speed_per_usd_per_hour": _ratio(_ratio(output_tokens, total_usd), 3600.0),
         "quality_scored": len(scored),
         "quality_mean": quality_mean,
         "quality_per_usd": _ratio(quality_mean, per_request),

@@ -230,20 +230,7 @@ class TraceWorkload:
         self.offsets = [(t - first) / options["speed"] for t, _, _ in rows]
         self._items: list[WorkloadRequest] = []
         for _, line_number, row in rows:
-            if isinstance(row.get("messages"), list):
-                messages = row["messages"]
-            elif isinstance(row.get("prompt"), str):
-                messages = [{"role": "user", "content": row["prompt"]}]
-            else:
-                raise WorkloadError(f"{path}:{line_number}: needs a 'messages' list or a 'prompt' string")
-            request = WorkloadRequest(
-                prompt_id=str(row.get("id", f"{path.name}:{line_number}")),
-                messages=messages,
-                max_tokens=row.get("max_tokens", options.get("output")),
-                params={"temperature": options.get("temperature", 0.0)},
-            )
-            request.input_tokens = count_tokens(request.prompt)
-            self._items.append(request)
+            self._items.append(_request_from_row(path, line_number, row, options))
 
     def __len__(self) -> int:
         return len(self._items)
@@ -273,6 +260,24 @@ def _chat(options: dict[str, Any], seed: int) -> Iterator[WorkloadRequest]:
             number += 1
 
 
+def _request_from_row(path: Path, line_number: int, row: dict[str, Any], options: dict[str, Any]) -> WorkloadRequest:
+    """One line of a user's JSONL (``messages`` or ``prompt``, optional ``id`` and ``max_tokens``)."""
+    if isinstance(row.get("messages"), list):
+        messages = row["messages"]
+    elif isinstance(row.get("prompt"), str):
+        messages = [{"role": "user", "content": row["prompt"]}]
+    else:
+        raise WorkloadError(f"{path}:{line_number}: needs a 'messages' list or a 'prompt' string")
+    request = WorkloadRequest(
+        prompt_id=str(row.get("id", f"{path.name}:{line_number}")),
+        messages=messages,
+        max_tokens=row.get("max_tokens", options.get("output")),
+        params={"temperature": options.get("temperature", 0.0)},
+    )
+    request.input_tokens = count_tokens(request.prompt)
+    return request
+
+
 def _jsonl(path: Path, options: dict[str, Any]) -> Iterator[WorkloadRequest]:
     items: list[WorkloadRequest] = []
     for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -282,20 +287,7 @@ def _jsonl(path: Path, options: dict[str, Any]) -> Iterator[WorkloadRequest]:
             row = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise WorkloadError(f"{path}:{line_number}: not valid JSON: {exc}") from exc
-        if isinstance(row.get("messages"), list):
-            messages = row["messages"]
-        elif isinstance(row.get("prompt"), str):
-            messages = [{"role": "user", "content": row["prompt"]}]
-        else:
-            raise WorkloadError(f"{path}:{line_number}: needs a 'messages' list or a 'prompt' string")
-        request = WorkloadRequest(
-            prompt_id=str(row.get("id", f"{path.name}:{line_number}")),
-            messages=messages,
-            max_tokens=row.get("max_tokens", options.get("output")),
-            params={"temperature": options.get("temperature", 0.0)},
-        )
-        request.input_tokens = count_tokens(request.prompt)
-        items.append(request)
+        items.append(_request_from_row(path, line_number, row, options))
     if not items:
         raise WorkloadError(f"{path}: no requests in file")
     while True:

@@ -454,7 +454,7 @@ def test_common_options_are_checked(name: str, options: dict[str, Any]) -> None:
 
 
 def test_registry_names_and_errors() -> None:
-    assert set(SUITE_NAMES) == {"chat", "coding", "custom", "math", "structured", "rag", "tools"}
+    assert set(SUITE_NAMES) == {"agent", "chat", "coding", "custom", "math", "structured", "rag", "tools"}
     for name, info in SUITES.items():
         assert info.name == name and info.description
     with pytest.raises(SuiteError) as caught:

@@ -35,15 +35,21 @@ def test_ignore_eos_and_vary_options():
     assert all(100 <= r.input_tokens <= 300 for r in requests)
 
 
-def test_jsonl_workload_reads_messages_or_prompts_and_names_bad_lines(tmp_path):
+def test_jsonl_workload_reads_messages_or_prompts_and_names_bad_lines(tmp_path, caplog):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "hello"}\n\n{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}\n')
     first, second, third = islice(parse_workload(f"jsonl:{path},output=11").requests(), 3)
     assert (first.prompt, first.max_tokens) == ("hello", 11)
     assert (second.prompt, second.max_tokens) == ("hi", 3)
     assert third.prompt == "hello"  # the file is cycled
-    path.write_text('{"prompt": "ok"}\n{"oops": 1}\n')
-    with pytest.raises(WorkloadError, match=r"p.jsonl:2: needs a 'messages' list or a 'prompt' string"):
+    path.write_text('{"prompt": "ok"}\n{"oops": 1}\nnot json\n{"prompt": "fine"}\n')
+    with caplog.at_level("WARNING"):
+        prompts = [r.prompt for r in islice(parse_workload(f"jsonl:{path}").requests(), 2)]
+    assert prompts == ["ok", "fine"]  # bad lines are named and skipped, not fatal
+    assert "p.jsonl:2: needs a 'messages' list or a 'prompt' string" in caplog.text
+    assert "p.jsonl:3: not valid JSON" in caplog.text
+    path.write_text('{"oops": 1}\n')
+    with pytest.raises(WorkloadError, match=r"no usable requests"):
         next(parse_workload(f"jsonl:{path}").requests())
 
 

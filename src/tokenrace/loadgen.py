@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from time import monotonic, perf_counter
+from typing import Any
 
 from tokenrace.clients import EndpointClient
 from tokenrace.profiles import LoadProfile, arrival_offsets
@@ -144,24 +145,47 @@ async def _run_load(
         finally:
             finished(record)
 
+    # Multi-turn tasks (the agent suite): every turn is its own record, numbered seq·TURN_STRIDE + turn.
+    turn_suites: set[str] = getattr(workload, "multi_turn_suites", set())
+    next_turn = getattr(workload, "next_turn", None) if turn_suites else None
+
     async def send(seq: int, scheduled_s: float) -> None:
-        record = client.new_record(run_id, seq, scheduled_s, workload.name)
-        record.phase = PHASE_WARMUP if seq < warmup else PHASE_MEASURE
         if seq == warmup and profile.duration_s is not None:
             deadline[0] = perf_counter() + profile.duration_s
         request = next(requests)
-        record.suite = request.suite or None
-        stats.in_flight += 1
-        try:
-            await client.send(request, record)
-        finally:
-            stats.in_flight -= 1
-            if scorer is not None and record.status == OK:
-                task = asyncio.create_task(score_then_finish(request, record))
-                scoring.add(task)
-                task.add_done_callback(scoring.discard)
-            else:
-                finished(record)
+        turns: list[RequestRecord] = []
+        while True:
+            record = client.new_record(
+                run_id, seq * TURN_STRIDE + len(turns) if next_turn else seq, scheduled_s, workload.name
+            )
+            record.phase = PHASE_WARMUP if seq < warmup else PHASE_MEASURE
+            record.suite = request.suite or None
+            if request.suite in turn_suites:
+                record.extra["turn"] = len(turns)
+            turns.append(record)
+            stats.in_flight += 1
+            follow = None
+            try:
+                await client.send(request, record)
+                if next_turn is not None and record.status == OK:
+                    follow = next_turn(request, record)
+            finally:
+                stats.in_flight -= 1
+                if follow is None:  # the last turn (or the only request): totals, score, store
+                    if request.suite in turn_suites:
+                        record.extra["agent"] = _task_totals(turns)
+                    if scorer is not None and record.status == OK:
+                        task = asyncio.create_task(score_then_finish(request, record))
+                        scoring.add(task)
+                        task.add_done_callback(scoring.discard)
+                    else:
+                        finished(record)
+                else:
+                    finished(record)
+            if follow is None:
+                return
+            request = follow
+            scheduled_s = perf_counter() - origin  # the next turn is due as soon as the tools answered
 
     def may_send(seq: int) -> bool:
         if stop.is_set() or (total is not None and seq >= total):
@@ -217,6 +241,22 @@ async def _run_load(
         pool.shutdown(wait=False)
     records.sort(key=lambda r: r.seq)
     return LoadResult(records=records, interrupted=interrupted)
+
+
+TURN_STRIDE = 64  # record seq of turn t of scheduled item i: i·64 + t (tasks are capped below 64 turns)
+
+
+def _task_totals(turns: list[RequestRecord]) -> dict[str, Any]:
+    """Task-level figures for a multi-turn task, kept on its last turn's record."""
+    first, last = turns[0], turns[-1]
+    e2e = (last.done_s - first.sent_s) * 1000 if last.done_s is not None and first.sent_s is not None else None
+    return {
+        "turns": len(turns),
+        "task_e2e_ms": e2e,
+        "output_tokens": sum(r.output_tokens or 0 for r in turns),
+        "prompt_tokens": sum(r.usage_prompt_tokens or r.input_tokens_requested or 0 for r in turns),
+        "tool_calls": sum(len(r.tool_calls) for r in turns),
+    }
 
 
 def _cap(wanted: int, endpoint_limit: int | None) -> int:

@@ -512,6 +512,9 @@ def _by_suite(records: list[RequestRecord]) -> dict[str, Any]:
     section: dict[str, Any] = {}
     for suite, group in sorted(groups.items()):
         section[suite] = _speed_row(group)
+        tasks = [r for r in group if "agent" in r.extra]
+        if tasks:
+            section[suite]["tasks"] = _task_row(tasks)
         if suite == "rag":
             buckets: dict[str, list[RequestRecord]] = {}
             for r in group:
@@ -522,6 +525,23 @@ def _by_suite(records: list[RequestRecord]) -> dict[str, Any]:
                 bucket: _speed_row(rows) for bucket, rows in sorted(buckets.items(), key=lambda kv: _bucket_size(kv[0]))
             }
     return section
+
+
+def _task_row(finals: list[RequestRecord]) -> dict[str, Any]:
+    """Multi-turn tasks (agent suite), one row per task from its last turn: the task is the unit a user
+    waits for, so its whole duration, turns and tokens are reported beside its success rate."""
+    totals = [r.extra["agent"] for r in finals]
+    e2e = describe([t["task_e2e_ms"] for t in totals if t.get("task_e2e_ms") is not None])
+    scored = [float(r.quality) for r in finals if r.quality is not None]
+    return {
+        "tasks": len(finals),
+        "success_rate": sum(scored) / len(scored) if scored else None,
+        "turns_mean": sum(t["turns"] for t in totals) / len(totals),
+        "task_e2e_ms": {"p50": e2e["p50"], "p95": e2e["p95"], "mean": e2e["mean"]},
+        "output_tokens_mean": sum(t["output_tokens"] for t in totals) / len(totals),
+        "prompt_tokens_mean": sum(t["prompt_tokens"] for t in totals) / len(totals),
+        "tool_calls_mean": sum(t["tool_calls"] for t in totals) / len(totals),
+    }
 
 
 def _bucket_size(bucket: str) -> float:

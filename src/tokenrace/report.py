@@ -154,6 +154,21 @@ def _suites_table(by_suite: dict[str, Any], quality: dict[str, Any]) -> Table:
 
     for suite, row in by_suite.items():
         add(suite, row, quality.get(suite))
+        tasks = row.get("tasks")
+        if tasks:  # multi-turn tasks: the whole task is what a user waits for
+            rate = tasks["success_rate"]
+            table.add_row(
+                f"  {suite} tasks",
+                str(tasks["tasks"]),
+                _fmt(tasks["prompt_tokens_mean"], 0),
+                "",
+                "",
+                "",
+                _fmt(tasks["task_e2e_ms"]["p50"], 0),
+                f"success {rate:.2f}, {tasks['turns_mean']:.1f} turns, {tasks['tool_calls_mean']:.1f} calls"
+                if rate is not None
+                else f"{tasks['turns_mean']:.1f} turns",
+            )
         for bucket, sub in (row.get("by_context") or {}).items():
             add(f"  {suite} {bucket}", sub, None)
     return table

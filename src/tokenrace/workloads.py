@@ -7,6 +7,7 @@ token each, with a unique prefix per request so no prefix cache can flatter the 
 
 from __future__ import annotations
 
+import logging
 import random
 import secrets
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ SINGLE_TOKEN_WORDS = (
     "office door health person art war history party result change morning reason research girl guy "
     "moment air teacher force education"
 ).split()
+
+log = logging.getLogger(__name__)
 
 WORKLOAD_KINDS = ("synthetic", "chat", "jsonl", "trace")
 
@@ -280,15 +283,22 @@ def _request_from_row(path: Path, line_number: int, row: dict[str, Any], options
 
 def _jsonl(path: Path, options: dict[str, Any]) -> Iterator[WorkloadRequest]:
     items: list[WorkloadRequest] = []
+    problems: list[str] = []
     for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = orjson.loads(line)
+            if not isinstance(row, dict):
+                raise WorkloadError(f"{path}:{line_number}: not a JSON object")
+            items.append(_request_from_row(path, line_number, row, options))
         except orjson.JSONDecodeError as exc:
-            raise WorkloadError(f"{path}:{line_number}: not valid JSON: {exc}") from exc
-        items.append(_request_from_row(path, line_number, row, options))
+            problems.append(f"{path}:{line_number}: not valid JSON ({exc}); line skipped")
+        except WorkloadError as exc:
+            problems.append(f"{exc}; line skipped")
+    for problem in problems:  # a bad line is reported and skipped; the run goes on with the others
+        log.warning("%s", problem)
     if not items:
-        raise WorkloadError(f"{path}: no requests in file")
+        raise WorkloadError(f"{path}: no usable requests in file" + (f" ({problems[0]})" if problems else ""))
     while True:
         yield from items

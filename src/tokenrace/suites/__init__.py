@@ -80,6 +80,12 @@ SUITES: dict[str, SuiteInfo] = {
     info.name: info
     for info in (
         SuiteInfo(
+            "agent",
+            "multi-step tasks in a deterministic tool environment; task time, turns, tokens and success",
+            True,
+            _lazy("agent", "tokenrace.suites.agent", "AgentSuite"),
+        ),
+        SuiteInfo(
             "chat",
             "short everyday assistant prompts; speed only (no right answer to score)",
             False,

@@ -26,6 +26,16 @@ class SuiteWorkload:
 
         return mixed_requests(self.suites, seed)
 
+    @property
+    def multi_turn_suites(self) -> set[str]:
+        """The suites here that run tasks over several turns (the agent suite)."""
+        return {suite.name for suite in self.suites if hasattr(suite, "next_turn")}
+
+    def next_turn(self, request: WorkloadRequest, record: RequestRecord) -> WorkloadRequest | None:
+        suite = next((s for s in self.suites if s.name == request.suite), None)
+        follow = getattr(suite, "next_turn", None)
+        return follow(request, record) if follow is not None else None
+
     def score(self, request: WorkloadRequest, record: RequestRecord) -> Score | None:
         """The request's own suite grades it; a scorer that breaks its promise not to raise scores 0."""
         suite = next((s for s in self.suites if s.name == request.suite), None)

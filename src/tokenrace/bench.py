@@ -25,16 +25,7 @@ from tokenrace.config import EndpointConfig, Price
 from tokenrace.http import HTTPClientError, probe
 from tokenrace.loadgen import LiveStats, LoadResult, run_load
 from tokenrace.metrics import SLO, summarize
-from tokenrace.pricing import (
-    SOURCE_CONFIG,
-    SOURCE_HOURLY,
-    SOURCE_LOCAL,
-    SOURCE_UNKNOWN,
-    catalog_as_of,
-    lookup_price,
-    provider_for_url,
-    run_cost,
-)
+from tokenrace.pricing import price_for, run_cost
 from tokenrace.profiles import LoadProfile, sweep_rates
 from tokenrace.records import RunClock, RunInfo
 from tokenrace.store import RecordWriter, Store
@@ -180,16 +171,15 @@ def run_summary(run: RunInfo, records: list[Any], slo: SLO | None = None) -> dic
 
 
 def run_price(run: RunInfo) -> tuple[Price | None, str]:
-    """The price a stored run is billed at: the one in its stored endpoint config, else the catalog's."""
+    """The price a stored run is billed at, from its stored endpoint config (same rules as live)."""
     endpoint = (run.config or {}).get("endpoint") or {}
-    if endpoint.get("price"):
-        return Price(**endpoint["price"]), SOURCE_LOCAL if endpoint.get("engine") == "local" else SOURCE_CONFIG
-    if endpoint.get("price_per_hour") is not None:
-        return Price(input=0.0, output=0.0), SOURCE_HOURLY
-    entry = lookup_price(str(endpoint.get("model", "")), provider_for_url(str(endpoint.get("base_url", ""))))
-    if entry is None:
-        return None, SOURCE_UNKNOWN
-    return entry.price, f"catalog: {entry.provider} {entry.model}, list price as of {catalog_as_of()}"
+    return price_for(
+        price=Price(**endpoint["price"]) if endpoint.get("price") else None,
+        is_local=endpoint.get("engine") == "local",
+        price_per_hour=endpoint.get("price_per_hour"),
+        model=str(endpoint.get("model", "")),
+        base_url=str(endpoint.get("base_url", "")),
+    )
 
 
 async def run_sweep(

@@ -435,16 +435,28 @@ def provider_for_url(base_url: str) -> str | None:
 
 def effective_price(endpoint: EndpointConfig) -> tuple[Price | None, str]:
     """The price to bill ``endpoint`` at and where it came from (precedence in the module docstring)."""
+    return price_for(
+        price=endpoint.price,
+        is_local=endpoint.is_local,
+        price_per_hour=endpoint.price_per_hour,
+        model=endpoint.model,
+        base_url=endpoint.base_url,
+    )
+
+
+def price_for(
+    *, price: Price | None, is_local: bool, price_per_hour: float | None, model: str, base_url: str
+) -> tuple[Price | None, str]:
+    """The precedence itself, on plain fields, so a stored run (whose endpoint is a dict) is priced by
+    the same rules as a live endpoint."""
     zero = Price(input=0.0, output=0.0)
-    own = endpoint.price
-    if endpoint.is_local and (own is None or _is_zero(own)):
+    if is_local and (price is None or _is_zero(price)):
         return zero, SOURCE_LOCAL
-    if own is not None:
-        return own, SOURCE_CONFIG
-    if endpoint.price_per_hour is not None:
+    if price is not None:
+        return price, SOURCE_CONFIG
+    if price_per_hour is not None:
         return zero, SOURCE_HOURLY
-    provider = provider_for_url(endpoint.base_url)
-    entry = lookup_price(endpoint.model, provider)
+    entry = lookup_price(model, provider_for_url(base_url))
     if entry is None:
         return None, SOURCE_UNKNOWN
     return entry.price, f"catalog: {entry.provider} {entry.model}, as of {catalog_as_of()}"

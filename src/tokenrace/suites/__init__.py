@@ -221,6 +221,14 @@ def check_options(sample: int | None, max_tokens: int | None) -> None:
         raise SuiteError(f"max_tokens must be a whole number >= 1, got {max_tokens!r}")
 
 
+def seeded_subset(items: Sequence[T], sample: int | None, rng: random.Random) -> list[T]:
+    """``sample`` items drawn with ``rng``, kept in their original order (all of them when ``sample`` is
+    None or not smaller than the dataset)."""
+    if sample is None or sample >= len(items):
+        return list(items)
+    return [items[i] for i in sorted(rng.sample(range(len(items)), sample))]
+
+
 def endless(items: Sequence[T], rng: random.Random) -> Iterator[T]:
     """``items`` over and over, reshuffled each pass (a finite dataset is cycled, never exhausted)."""
     if not items:

@@ -10,7 +10,7 @@ import random
 from collections.abc import Iterator
 
 from tokenrace.records import RequestRecord
-from tokenrace.suites import check_options, endless, make_request, resolve_nonce, unique_tag
+from tokenrace.suites import check_options, endless, make_request, resolve_nonce, seeded_subset, unique_tag
 from tokenrace.suites.base import Score
 from tokenrace.workloads import CHAT_PROMPTS, WorkloadRequest
 
@@ -30,9 +30,7 @@ class ChatSuite:
     def requests(self, seed: int = 0) -> Iterator[WorkloadRequest]:
         """A seeded subset (``sample``) of the built-in prompts, reshuffled each pass."""
         rng = random.Random(seed)
-        indices = list(range(len(CHAT_PROMPTS)))
-        if self.sample is not None and self.sample < len(indices):
-            indices = sorted(rng.sample(indices, self.sample))
+        indices = seeded_subset(range(len(CHAT_PROMPTS)), self.sample, rng)
         nonce = resolve_nonce(self.nonce)
         for number, index in enumerate(endless(indices, rng)):
             yield make_request(

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from tokenrace.records import RequestRecord
-from tokenrace.suites import check_options, cut_off_note, endless, resolve_nonce, unique_tag
+from tokenrace.suites import check_options, cut_off_note, endless, resolve_nonce, seeded_subset, unique_tag
 from tokenrace.suites.base import Score, SuiteError
 from tokenrace.suites.math import extract_answer, parse_number
 from tokenrace.suites.structured import parse_json_answer, same_value
@@ -159,9 +159,7 @@ class CustomSuite:
 
     def requests(self, seed: int = 0) -> Iterator[WorkloadRequest]:
         rng = random.Random(seed)
-        chosen = self.items
-        if self.sample is not None and self.sample < len(chosen):
-            chosen = sorted(rng.sample(chosen, self.sample), key=lambda item: item.line)
+        chosen = seeded_subset(self.items, self.sample, rng)
         nonce = resolve_nonce(self.nonce)
         for number, item in enumerate(endless(chosen, rng)):
             messages = [dict(m) for m in item.messages]

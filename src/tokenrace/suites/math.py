@@ -25,7 +25,15 @@ from typing import Any
 import orjson
 
 from tokenrace.records import RequestRecord
-from tokenrace.suites import check_options, cut_off_note, endless, make_request, resolve_nonce, unique_tag
+from tokenrace.suites import (
+    check_options,
+    cut_off_note,
+    endless,
+    make_request,
+    resolve_nonce,
+    seeded_subset,
+    unique_tag,
+)
 from tokenrace.suites.base import Score, SuiteError
 from tokenrace.workloads import WorkloadRequest
 
@@ -197,9 +205,7 @@ class MathSuite:
     def requests(self, seed: int = 0) -> Iterator[WorkloadRequest]:
         """A seeded subset (``sample``) of the problems, reshuffled each pass."""
         rng = random.Random(seed)
-        chosen = self.problems
-        if self.sample is not None and self.sample < len(chosen):
-            chosen = sorted(rng.sample(chosen, self.sample), key=lambda p: p.line)
+        chosen = seeded_subset(self.problems, self.sample, rng)
         nonce = resolve_nonce(self.nonce)
         for number, problem in enumerate(endless(chosen, rng)):
             yield make_request(

@@ -1,4 +1,5 @@
-"""Command line: ``tokenrace bench | runs | show | export | emulate | demo``.
+"""Command line: ``tokenrace bench | runs | show | export | emulate | demo`` here; ``leaderboard``,
+``recommend``, ``compare``, ``monitor`` and ``report`` in the ``cli_*`` modules.
 
 Errors a user can cause (bad config, unknown endpoint or workload, unreachable endpoint) print one clear
 line and exit with status 2 (bad input) or 1 (endpoint unreachable); no traceback.
@@ -514,3 +515,7 @@ def demo(
         "endpoint: [bold]tokenrace bench --base-url URL --model NAME[/] (see tokenrace.example.yaml)."
     )
     db.close()
+
+
+# Commands that live in their own modules register themselves on `app` when imported.
+from tokenrace import cli_compare, cli_monitor, cli_rank, cli_report  # noqa: E402, F401

@@ -186,20 +186,22 @@ def _random(kind: str, rate: float, burstiness: float, seed: int) -> Iterator[fl
         t = float(times[-1])
 
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
-_DURATION_FULL = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ms|s|m|h))+")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
+_DURATION_FULL = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ms|s|m|h|d))+")
 _NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
 
 
 def parse_duration(text: str) -> float:
-    """``"60s"``, ``"2m"``, ``"500ms"``, ``"1h"``, ``"1m30s"`` or a plain number of seconds -> seconds."""
+    """``"60s"``, ``"2m"``, ``"500ms"``, ``"1h"``, ``"7d"``, ``"1m30s"`` or a plain number of seconds -> seconds."""
     s = str(text).strip().lower()
     if _NUMBER.fullmatch(s):
         return float(s)
     if s and _DURATION_FULL.fullmatch(s):
         return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(s))
-    raise ValueError(f"invalid duration {text!r}: use seconds (30) or a number with a unit: 500ms, 60s, 2m, 1h, 1m30s")
+    raise ValueError(
+        f"invalid duration {text!r}: use seconds (30) or a number with a unit: 500ms, 60s, 2m, 1h, 7d, 1m30s"
+    )
 
 
 def _parse_arrival(arrival: str) -> tuple[str, float]:

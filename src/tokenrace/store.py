@@ -279,9 +279,17 @@ class Store:
             if result.rowcount == 0:
                 raise UnknownRunError(f"cannot finish run {run_id!r}: it is not in {self.location}")
 
-    def list_runs(self, limit: int = 50) -> list[RunInfo]:
-        """Newest first."""
-        query = _runs.select().order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc()).limit(limit)
+    def list_runs(
+        self, limit: int | None = 50, *, since: float | None = None, endpoints: Sequence[str] | None = None
+    ) -> list[RunInfo]:
+        """Newest first; ``since`` (unix seconds) and ``endpoints`` narrow the selection, ``limit=None`` is all."""
+        query = _runs.select().order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
+        if since is not None:
+            query = query.where(_runs.c.started_at >= since)
+        if endpoints:
+            query = query.where(_runs.c.endpoint.in_(list(endpoints)))
+        if limit is not None:
+            query = query.limit(limit)
         with self.engine.connect() as conn:
             return [_from_row(RunInfo, RUN_FIELDS, row) for row in conn.execute(query)]
 

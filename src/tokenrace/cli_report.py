@@ -1,0 +1,5 @@
+"""CLI commands: report (registered on :data:`tokenrace.cli.app`)."""
+
+from __future__ import annotations
+
+from tokenrace.cli import app  # noqa: F401

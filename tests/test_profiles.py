@@ -237,7 +237,7 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "s", "60x", "-5s", "1 m", "2d", "ten", "5s3", "inf", "1e3"])
+@pytest.mark.parametrize("text", ["", "s", "60x", "-5s", "1 m", "ten", "5s3", "inf", "1e3"])
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)

@@ -471,6 +471,7 @@ def demo(
     from tokenrace.bench import run_bench
     from tokenrace.config import LocalEngineOptions
     from tokenrace.engines.local import running_endpoint
+    from tokenrace.leaderboard import build_leaderboard
     from tokenrace.report import leaderboard_table
 
     console.print(
@@ -506,7 +507,8 @@ def demo(
         summaries.append(result.summary)
         if result.load.interrupted:
             break
-    console.print(leaderboard_table(summaries, title=f"leaderboard (this machine; {suites}; 4 concurrent streams)"))
+    board = build_leaderboard(db, [db.get_run(s["run_id"]) for s in summaries])
+    console.print(leaderboard_table(board.rows, title=f"leaderboard (this machine; {suites}; 4 concurrent streams)"))
     first = summaries[0]["run_id"]
     console.print(
         f"stored in {db.location}. Next: [bold]tokenrace show {first}[/] (every metric, and how far the client's "

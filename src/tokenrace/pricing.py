@@ -543,7 +543,7 @@ def request_cost(record: RequestRecord, price: Price) -> RequestCost | None:
     return None if tokens is None else _cost(tokens, price)
 
 
-def _ratio(num: float | None, den: float | None, scale: float = 1.0) -> float | None:
+def safe_ratio(num: float | None, den: float | None, scale: float = 1.0) -> float | None:
     """num · scale / den, None when either is unknown or the denominator is not positive."""
     if num is None or den is None or den <= 0:
         return None
@@ -586,7 +586,7 @@ def run_cost(
 
     scored = [r.quality for r in measure if r.quality is not None]
     quality_mean = sum(scored) / len(scored) if scored else None
-    per_request = _ratio(total_usd, n_priced)
+    per_request = safe_ratio(total_usd, n_priced)
 
     return {
         "requests": len(measure),
@@ -603,15 +603,15 @@ def run_cost(
         "hourly_usd": hourly_usd,
         "total_usd": total_usd,
         "per_request_mean_usd": per_request,
-        "cost_per_completed_request_usd": _ratio(total_usd, completed),
-        "usd_per_1m_tokens": _ratio(total_usd, all_tokens, 1e6),
-        "cost_per_1m_output_tokens_usd": _ratio(total_usd, output_tokens, 1e6),
-        "tokens_per_usd": _ratio(all_tokens, total_usd),
-        "output_tokens_per_usd": _ratio(output_tokens, total_usd),
-        "usd_per_hour": _ratio(total_usd, duration_s, 3600.0),
+        "cost_per_completed_request_usd": safe_ratio(total_usd, completed),
+        "usd_per_1m_tokens": safe_ratio(total_usd, all_tokens, 1e6),
+        "cost_per_1m_output_tokens_usd": safe_ratio(total_usd, output_tokens, 1e6),
+        "tokens_per_usd": safe_ratio(all_tokens, total_usd),
+        "output_tokens_per_usd": safe_ratio(output_tokens, total_usd),
+        "usd_per_hour": safe_ratio(total_usd, duration_s, 3600.0),
         # throughput bought per dollar-per-hour of spend: (output_tokens / duration_s) / usd_per_hour
-        "output_speed_per_usd_per_hour": _ratio(_ratio(output_tokens, total_usd), 3600.0),
+        "output_speed_per_usd_per_hour": safe_ratio(safe_ratio(output_tokens, total_usd), 3600.0),
         "quality_scored": len(scored),
         "quality_mean": quality_mean,
-        "quality_per_usd": _ratio(quality_mean, per_request),
+        "quality_per_usd": safe_ratio(quality_mean, per_request),
     }

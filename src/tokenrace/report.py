@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 
+from tokenrace.leaderboard import Row
+from tokenrace.recommend import Recommendation
 from tokenrace.records import RunInfo
 
 _METRIC_ROWS = (
@@ -202,45 +206,116 @@ def runs_table(runs: list[RunInfo]) -> Table:
     return table
 
 
-def leaderboard_table(summaries: list[dict[str, Any]], title: str = "leaderboard") -> Table:
-    """One row per run, fastest output speed first: the numbers people compare models by."""
-    table = Table(title=title, title_justify="left", caption_justify="left")
-    table.caption = (
-        "speed: output tok/s per request (p50); throughput: output tok/s of all streams together at the given "
-        "concurrency; server: llama.cpp's own decode speed (p50); "
-        "quality: mean score over the scored suites (n answers)"
+def leaderboard_table(rows: Sequence[Row], title: str = "leaderboard") -> Group:
+    """Endpoints side by side, one table per suite (``overall`` first); ★ marks the speed/quality/cost front."""
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(row.suite, []).append(row)
+    tables: list[Any] = [f"[bold]{title}[/]"] if title else []
+    for suite, members in groups.items():
+        table = Table(title=suite, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("endpoint", no_wrap=True)
+        for column in ("tok/s", "TTFT p50", "p95", "E2E p50", "p95", "throughput", "ok/fail", "quality"):
+            table.add_column(column, justify="right", no_wrap=True)
+        for column in ("$/1M tok", "$/1k req", "speed/$"):
+            table.add_column(column, justify="right", no_wrap=True)
+        for row in members:
+            quality = "–"
+            if row.quality is not None:
+                quality = f"{row.quality:.2f}"
+                if row.quality_ci95:
+                    half = max(row.quality - row.quality_ci95[0], row.quality_ci95[1] - row.quality)
+                    quality += f"±{half:.2f}"
+            table.add_row(
+                ("★ " if row.pareto else "  ") + row.endpoint,
+                _fmt(row.output_speed_p50, 1),
+                _fmt(row.ttft_p50_ms, 0),
+                _fmt(row.ttft_p95_ms, 0),
+                _fmt(row.e2e_p50_ms, 0),
+                _fmt(row.e2e_p95_ms, 0),
+                f"{_fmt(row.throughput_tps, 1)} @{row.throughput_at}" if row.throughput_tps is not None else "–",
+                f"{row.completed}/{row.failed}",
+                quality,
+                _money(row.usd_per_1m_tokens, row.price_source),
+                _money(row.usd_per_1k_requests, row.price_source),
+                _fmt(row.speed_per_usd, 1) if row.speed_per_usd is not None else "–",
+            )
+        tables.append(table)
+    tables.append(
+        "[dim]★ on the speed/quality/cost Pareto front of its suite · tok/s: output speed per request (p50) · "
+        "TTFT/E2E in ms · throughput: output tok/s of all streams together, best run, at its load · quality: mean "
+        "score ± 95% CI half-width · $/1M tok: blended at the measured input:output ratio · speed/$: tok/s ÷ "
+        "$/1M tok (definitions: docs/metrics.md)[/]"
     )
-    table.add_column("endpoint", no_wrap=True)
-    for column in ("speed", "TTFT p50 ms", "TTFT p95 ms", "E2E p50 ms", "throughput", "req/s", "server", "ok/failed"):
-        table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("quality")
+    return Group(*tables)
 
-    def speed(summary: dict[str, Any]) -> float:
-        return summary["metrics"]["output_speed_tps"].get("p50") or 0.0
 
-    for summary in sorted(summaries, key=speed, reverse=True):
-        metrics = summary["metrics"]
-        throughput = summary["throughput"]
-        requests = summary["requests"]
-        concurrency = (summary.get("profile") or {}).get("concurrency")
-        server = (summary.get("server") or {}).get("decode_tps") or {}
-        table.add_row(
-            summary["endpoint"],
-            _fmt(metrics["output_speed_tps"].get("p50"), 1),
-            _fmt(metrics["ttft_ms"].get("p50"), 1),
-            _fmt(metrics["ttft_ms"].get("p95"), 1),
-            _fmt(metrics["e2e_ms"].get("p50"), 0),
-            _fmt(throughput["output_tokens_per_s"], 1) + (f" @{concurrency}" if concurrency else ""),
-            _fmt(throughput["requests_per_s"]),
-            _fmt(server.get("p50"), 1),
-            f"{requests['completed']}/{requests['failed']}",
-            _quality_cell(summary.get("quality")),
+def _money(value: float | None, source: str) -> str:
+    if value is None:
+        return "unpriced" if source.startswith("unknown") else "–"
+    if value == 0:
+        return "free"
+    return f"{value:,.4f}" if value < 10 else f"{value:,.2f}"
+
+
+def recommendation_renderable(rec: Recommendation, limit: int = 5) -> Group:
+    """The pick, the runners-up and why each other endpoint is out."""
+    mix = ", ".join(f"{suite} {weight:.0%}" for suite, weight in rec.mix.items())
+    limits = rec.constraints
+    wanted = [
+        f"quality ≥ {limits.min_quality:g}" if limits.min_quality is not None else "",
+        f"≤ ${limits.max_cost_per_1m:g} per 1M tokens" if limits.max_cost_per_1m is not None else "",
+        f"TTFT p95 ≤ {limits.max_p95_ttft_ms:g} ms on every suite" if limits.max_p95_ttft_ms is not None else "",
+    ]
+    wanted = [w for w in wanted if w]
+    ranking = {"e2e": "E2E p50 of a typical call", "ttft": "TTFT p50", "speed": "output speed p50"}[rec.by]
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("mix", mix)
+    head.add_row("limits", ", ".join(wanted) if wanted else "none")
+    head.add_row("ranked by", f"{ranking}, weighted by the mix")
+    parts: list[Any] = [head]
+    if rec.best is not None:
+        best = rec.best
+        parts.append(
+            f"[bold green]fastest for this mix: {best.endpoint}[/] — a typical call takes {_fmt(best.e2e_ms, 0)} ms "
+            f"end to end (TTFT {_fmt(best.ttft_ms, 0)} ms, {_fmt(best.output_speed, 1)} tok/s)"
+            + (f", quality {best.quality:.2f}" if best.quality is not None else "")
+            + (f", ${best.usd_per_1m_tokens:.4f} per 1M tokens" if best.usd_per_1m_tokens else "")
         )
-    return table
-
-
-def _quality_cell(quality: dict[str, Any] | None) -> str:
-    if not quality:
-        return "–"
-    overall = quality["overall"]
-    return f"{overall['mean']:.2f} (n={overall['n']})"
+    else:
+        parts.append("[bold red]none qualifies[/]" + (" — closest candidates below" if rec.excluded else ""))
+    shown = rec.ranked[:limit] if rec.ranked else rec.excluded[:limit]
+    if shown:
+        table = Table(title="qualifying, best first" if rec.ranked else "closest candidates", title_justify="left")
+        for column in ("#", "endpoint", "E2E ms", "TTFT ms", "speed", "worst TTFT p95", "quality", "$/1M tok"):
+            table.add_column(column, justify="left" if column == "endpoint" else "right")
+        table.add_column("why not" if not rec.ranked else "")
+        for index, c in enumerate(shown, 1):
+            table.add_row(
+                str(index),
+                c.endpoint,
+                _fmt(c.e2e_ms, 0),
+                _fmt(c.ttft_ms, 0),
+                _fmt(c.output_speed, 1),
+                f"{_fmt(c.worst_p95_ttft_ms, 0)} ({c.worst_p95_ttft_suite})" if c.worst_p95_ttft_suite else "–",
+                f"{c.quality:.2f}" if c.quality is not None else "unscored",
+                _fmt(c.usd_per_1m_tokens, 4) if c.usd_per_1m_tokens else ("free" if c.usd_per_1m_tokens == 0 else "–"),
+                "; ".join(c.violations),
+            )
+        parts.append(table)
+    out = [c for c in rec.excluded if rec.ranked or c not in shown]
+    for c in out:
+        parts.append(f"  out: [bold]{c.endpoint}[/] — {'; '.join(c.violations)}")
+    for c in rec.incomplete:
+        parts.append(
+            f"  no data: [bold]{c.endpoint}[/] has not been measured on {', '.join(c.missing)} "
+            f"(run `tokenrace bench -e {c.endpoint} --suite {','.join(c.missing)}`)"
+        )
+    for suite in rec.suites_without_data:
+        parts.append(
+            f"[yellow]no endpoint has data for {suite}[/]: run `tokenrace bench -e ENDPOINT --suite {suite}` "
+            "for each candidate; nothing is guessed"
+        )
+    return Group(*parts)

@@ -168,3 +168,7 @@ def test_demo_benchmarks_two_local_models_and_prints_a_leaderboard(tmp_path):
     assert all(r.status == "complete" and r.summary["requests"]["completed"] == 2 for r in runs)
     assert all(r.summary["quality"]["suites"]["structured"]["n"] == 1 for r in runs)
     assert _engine_children() - before == set()
+    report = tmp_path / "tokenrace-report.html"
+    assert f"HTML report (offline, one file): {report}" in result.stdout.replace("\n", "")
+    html = report.read_text()
+    assert 'data-chart="speed-price"' in html and "smollm2-135m" in html

@@ -466,6 +466,9 @@ def demo(
     store: StoreOpt = None,
     sample: Annotated[int, typer.Option("--sample", help="items per suite and model")] = 3,
     suites: Annotated[str, typer.Option("--suite", help="scored suites to run")] = DEMO_SUITES,
+    report: Annotated[
+        Path, typer.Option("--report", "-o", help="where to write the HTML report")
+    ] = Path("tokenrace-report.html"),
 ) -> None:
     """The main job on embedded defaults: two local models, benchmarked side by side, then a leaderboard."""
     from tokenrace.bench import run_bench
@@ -509,10 +512,15 @@ def demo(
             break
     board = build_leaderboard(db, [db.get_run(s["run_id"]) for s in summaries])
     console.print(leaderboard_table(board.rows, title=f"leaderboard (this machine; {suites}; 4 concurrent streams)"))
+    from tokenrace.htmlreport import write_report
+
+    written = write_report(db, report, run_ids=[s["run_id"] for s in summaries])
+    console.print(f"HTML report (offline, one file): [bold]{written.html}[/]")
     first = summaries[0]["run_id"]
     console.print(
         f"stored in {db.location}. Next: [bold]tokenrace show {first}[/] (every metric, and how far the client's "
         "output speed is from llama.cpp's own figure), [bold]tokenrace runs[/], "
+        "[bold]tokenrace leaderboard[/], [bold]tokenrace recommend --mix chat=0.5,rag=0.5[/], "
         "[bold]tokenrace export RUN -o run.parquet[/], [bold]tokenrace engine list[/], or benchmark your own "
         "endpoint: [bold]tokenrace bench --base-url URL --model NAME[/] (see tokenrace.example.yaml)."
     )

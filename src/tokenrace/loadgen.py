@@ -18,8 +18,9 @@ import gc
 import itertools
 import os
 import sys
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from time import monotonic, perf_counter
@@ -88,23 +89,44 @@ async def run_load(
     """
     stop = stop or asyncio.Event()
     stats = stats or LiveStats()
-    # Other threads (the store writer, the progress display) must not hold the GIL for the default 5 ms
-    # while a response arrives: that delay would land in the timestamps.
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(min(switch_interval, 0.0002))
-    # A full cyclic-GC pass over a large heap pauses the loop for milliseconds; the run makes no cycles
-    # that matter, so collection waits until it ends (existing objects are frozen out of the scans).
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
+    with _tuned_runtime():
         return await _run_load(client, workload, profile, run_id, on_record, stop, stats, max_concurrency)
+
+
+_runtime_lock = threading.Lock()
+_runtime_users = 0
+_runtime_saved: tuple[float, bool] = (0.005, True)
+
+
+@contextlib.contextmanager
+def _tuned_runtime() -> Iterator[None]:
+    """Interpreter settings for the length of a run, shared by overlapping runs (a monitor probes several
+    endpoints at once): the first run in saves and changes them, the last one out restores them.
+
+    Other threads (the store writer, the progress display) must not hold the GIL for the default 5 ms
+    while a response arrives: that delay would land in the timestamps. A full cyclic-GC pass over a large
+    heap pauses the loop for milliseconds; a run makes no cycles that matter, so collection waits until
+    it ends (existing objects are frozen out of the scans).
+    """
+    global _runtime_users, _runtime_saved
+    with _runtime_lock:
+        if _runtime_users == 0:
+            _runtime_saved = (sys.getswitchinterval(), gc.isenabled())
+            sys.setswitchinterval(min(_runtime_saved[0], 0.0002))
+            gc.collect()
+            gc.freeze()
+            gc.disable()
+        _runtime_users += 1
+    try:
+        yield
     finally:
-        sys.setswitchinterval(switch_interval)
-        gc.unfreeze()
-        if gc_was_enabled:
-            gc.enable()
+        with _runtime_lock:
+            _runtime_users -= 1
+            if _runtime_users == 0:
+                sys.setswitchinterval(_runtime_saved[0])
+                gc.unfreeze()
+                if _runtime_saved[1]:
+                    gc.enable()
 
 
 async def _run_load(

@@ -234,14 +234,15 @@ def collect_report(
     runs = select_runs(store, run_ids=run_ids, since_s=since_s, endpoints=endpoints)
     if not runs:
         raise NoRunsError(f"{store.location} has no runs to report: run `tokenrace bench` or `tokenrace demo` first")
-    board = build_leaderboard(store, runs)
+    loaded = {run.run_id: store.records(run.run_id) for run in runs}
+    board = build_leaderboard(store, runs, loaded)
     ttft: dict[str, list[float]] = {}
     e2e: dict[str, list[float]] = {}
     rag: dict[str, list[RequestRecord]] = {}
     steps: list[SweepStep] = []
     counts = {"completed": 0, "failed": 0, "other": 0}
     for run in sorted(runs, key=lambda r: (r.started_at, r.run_id)):
-        records = [r for r in store.records(run.run_id) if r.phase != PHASE_WARMUP]
+        records = [r for r in loaded[run.run_id] if r.phase != PHASE_WARMUP]
         for r in records:
             key = "completed" if r.status == OK else "failed" if r.status == FAILED else "other"
             counts[key] += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -124,25 +124,31 @@ def select_runs(
     return runs
 
 
-def build_leaderboard(store: Store, runs: Iterable[RunInfo]) -> Leaderboard:
-    """Pool the records of ``runs`` per endpoint (and per endpoint and suite) into rows, Pareto front marked."""
+def build_leaderboard(
+    store: Store, runs: Iterable[RunInfo], records: Mapping[str, Sequence[RequestRecord]] | None = None
+) -> Leaderboard:
+    """Pool the records of ``runs`` per endpoint (and per endpoint and suite) into rows, Pareto front marked.
+
+    ``records`` (run id -> records) saves reading them again when the caller already has them.
+    """
     runs = list(runs)
     groups: dict[tuple[str, str], _Group] = {}
     for run in runs:
-        records = [r for r in store.records(run.run_id) if r.phase != PHASE_WARMUP]
-        if not records:
+        loaded = records[run.run_id] if records is not None else store.records(run.run_id)
+        records_of_run = [r for r in loaded if r.phase != PHASE_WARMUP]
+        if not records_of_run:
             continue
         price, source = run_price(run)
         endpoint = (run.config or {}).get("endpoint") or {}
         price_per_hour = endpoint.get("price_per_hour")
-        window = measurement_window(records)
+        window = measurement_window(records_of_run)
         duration_s = window[1] - window[0] if window else None
         by_suite: dict[str, list[RequestRecord]] = {}
-        for record in records:
+        for record in records_of_run:
             if record.suite:
                 by_suite.setdefault(record.suite, []).append(record)
-        throughput = _run_throughput(run, records, duration_s)
-        parts = [(OVERALL, records), *sorted(by_suite.items())]
+        throughput = _run_throughput(run, records_of_run, duration_s)
+        parts = [(OVERALL, records_of_run), *sorted(by_suite.items())]
         for suite, subset in parts:
             group = groups.setdefault((run.endpoint, suite), _Group(run.endpoint, suite))
             group.add(
@@ -152,9 +158,9 @@ def build_leaderboard(store: Store, runs: Iterable[RunInfo]) -> Leaderboard:
                 source,
                 price_per_hour,
                 # the hardware's hour is shared by the suites of a mixed run in proportion to their requests
-                None if duration_s is None else duration_s * len(subset) / len(records),
+                None if duration_s is None else duration_s * len(subset) / len(records_of_run),
                 # a throughput belongs to one load: a suite gets one only from a run of that suite alone
-                throughput if suite == OVERALL or len(subset) == len(records) else None,
+                throughput if suite == OVERALL or len(subset) == len(records_of_run) else None,
             )
     rows = [group.row() for group in groups.values()]
     rows.sort(key=lambda r: (r.suite != OVERALL, r.suite, -(r.output_speed_p50 or 0.0), r.endpoint))

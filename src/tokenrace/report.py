@@ -10,7 +10,7 @@ from rich import box
 from rich.console import Group
 from rich.table import Table
 
-from tokenrace.leaderboard import Row
+from tokenrace.leaderboard import OVERALL, Row
 from tokenrace.recommend import Recommendation
 from tokenrace.records import RunInfo
 
@@ -207,47 +207,75 @@ def runs_table(runs: list[RunInfo]) -> Table:
 
 
 def leaderboard_table(rows: Sequence[Row], title: str = "leaderboard") -> Group:
-    """Endpoints side by side, one table per suite (``overall`` first); ★ marks the speed/quality/cost front."""
+    """Endpoints side by side, one table per suite (``overall`` first); ★ marks the speed/quality/cost front.
+
+    Columns no row of a table has a value for (throughput of a suite inside mixed runs, prices when every
+    endpoint is a free local engine) are left out and said once below, so the table fits a terminal.
+    """
     groups: dict[str, list[Row]] = {}
     for row in rows:
         groups.setdefault(row.suite, []).append(row)
-    tables: list[Any] = [f"[bold]{title}[/]"] if title else []
+    parts: list[Any] = [f"[bold]{title}[/]"] if title else []
+    notes: list[str] = []
     for suite, members in groups.items():
+        show_throughput = any(r.throughput_tps is not None for r in members)
+        show_cost = any(r.usd_per_1m_tokens for r in members)  # some endpoint costs something
+        show_quality = any(r.quality is not None for r in members)
         table = Table(title=suite, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
         table.add_column("endpoint", no_wrap=True)
-        for column in ("tok/s", "TTFT p50", "p95", "E2E p50", "p95", "throughput", "ok/fail", "quality"):
-            table.add_column(column, justify="right", no_wrap=True)
-        for column in ("$/1M tok", "$/1k req", "speed/$"):
+        columns = ["tok/s", "TTFT p50", "p95", "E2E p50", "p95"]
+        columns += ["throughput"] * show_throughput + ["ok/fail"] + ["quality"] * show_quality
+        columns += ["$/1M tok", "$/1k req", "speed/$"] if show_cost else []
+        for column in columns:
             table.add_column(column, justify="right", no_wrap=True)
         for row in members:
-            quality = "–"
-            if row.quality is not None:
-                quality = f"{row.quality:.2f}"
-                if row.quality_ci95:
-                    half = max(row.quality - row.quality_ci95[0], row.quality_ci95[1] - row.quality)
-                    quality += f"±{half:.2f}"
-            table.add_row(
+            cells = [
                 ("★ " if row.pareto else "  ") + row.endpoint,
                 _fmt(row.output_speed_p50, 1),
                 _fmt(row.ttft_p50_ms, 0),
                 _fmt(row.ttft_p95_ms, 0),
                 _fmt(row.e2e_p50_ms, 0),
                 _fmt(row.e2e_p95_ms, 0),
-                f"{_fmt(row.throughput_tps, 1)} @{row.throughput_at}" if row.throughput_tps is not None else "–",
-                f"{row.completed}/{row.failed}",
-                quality,
-                _money(row.usd_per_1m_tokens, row.price_source),
-                _money(row.usd_per_1k_requests, row.price_source),
-                _fmt(row.speed_per_usd, 1) if row.speed_per_usd is not None else "–",
+            ]
+            if show_throughput:
+                cells.append(
+                    f"{_fmt(row.throughput_tps, 1)} @{row.throughput_at}" if row.throughput_tps is not None else "–"
+                )
+            cells.append(f"{row.completed}/{row.failed}")
+            if show_quality:
+                cells.append(_quality(row))
+            if show_cost:
+                cells += [
+                    _money(row.usd_per_1m_tokens, row.price_source),
+                    _money(row.usd_per_1k_requests, row.price_source),
+                    _fmt(row.speed_per_usd, 1) if row.speed_per_usd is not None else "–",
+                ]
+            table.add_row(*cells)
+        parts.append(table)
+        if not show_cost and suite == OVERALL:
+            priced = {r.usd_per_1m_tokens for r in members}
+            notes.append(
+                "cost: every endpoint is free (a local engine without price_per_hour)"
+                if priced == {0.0}
+                else "cost: no price known (set price or price_per_hour in tokenrace.yaml)"
             )
-        tables.append(table)
-    tables.append(
-        "[dim]★ on the speed/quality/cost Pareto front of its suite · tok/s: output speed per request (p50) · "
-        "TTFT/E2E in ms · throughput: output tok/s of all streams together, best run, at its load · quality: mean "
-        "score ± 95% CI half-width · $/1M tok: blended at the measured input:output ratio · speed/$: tok/s ÷ "
-        "$/1M tok (definitions: docs/metrics.md)[/]"
+    notes.append(
+        "★ on the speed/quality/cost Pareto front of its suite · tok/s: output speed per request (p50) · "
+        "TTFT/E2E in ms · throughput: output tok/s of all streams together, best run, at its load (a suite inside "
+        "mixed runs has none) · quality: mean score [95% CI] · $/1M tok: blended at the measured "
+        "input:output ratio · speed/$: tok/s ÷ $/1M tok (definitions: docs/metrics.md)"
     )
-    return Group(*tables)
+    parts.extend(f"[dim]{note}[/]" for note in notes)
+    return Group(*parts)
+
+
+def _quality(row: Row) -> str:
+    if row.quality is None:
+        return "–"
+    if not row.quality_ci95:
+        return f"{row.quality:.2f}"
+    low, high = row.quality_ci95
+    return f"{row.quality:.2f} [{low:.2f}–{high:.2f}]"
 
 
 def _money(value: float | None, source: str) -> str:

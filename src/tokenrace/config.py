@@ -357,10 +357,128 @@ class EndpointConfig(_Strict):
                 yield key, value
 
 
+POLICIES = ("fixed", "weighted", "cheapest", "fastest", "lowest-ttft", "least-busy", "cascade")
+
+
+class RouteConfig(_Strict):
+    """A virtual model name of the gateway: candidate endpoints and how to choose among them.
+
+    ``endpoints`` are the candidates in order (``fixed`` tries them in that order; every policy falls back
+    to the next candidate on an error before the first token). ``cascade`` sends easy prompts to
+    ``endpoints`` (the cheap, fast tier) and hard ones to ``premium``; the difficulty threshold is
+    ``threshold`` (a score in [0, 1]) or is calibrated to send ``premium_share`` of the calls to premium.
+    """
+
+    name: str = Field(min_length=1)
+    policy: Literal["fixed", "weighted", "cheapest", "fastest", "lowest-ttft", "least-busy", "cascade"] = "fixed"
+    endpoints: list[str] = Field(min_length=1)
+    weights: list[float] | None = None  # weighted: one weight >= 0 per endpoint
+    premium: list[str] = Field(default_factory=list)  # cascade: the premium tier
+    threshold: float | None = Field(default=None, ge=0, le=1)  # cascade: difficulty at or above -> premium
+    premium_share: float | None = Field(default=None, ge=0, le=1)  # cascade: target share of premium calls
+    retries: int = Field(default=1, ge=0, le=5)  # per candidate, on 429/5xx/connect errors before any token
+    fallback: bool = True  # try the next candidate when one fails before its first token
+
+    @model_validator(mode="after")
+    def _policy_options(self) -> RouteConfig:
+        if self.policy == "weighted":
+            if self.weights is None or len(self.weights) != len(self.endpoints):
+                raise _LocatedValueError("weighted needs one weight per endpoint", ("weights",))
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise _LocatedValueError("weights must be >= 0 with a positive sum", ("weights",))
+        elif self.weights is not None:
+            raise _LocatedValueError(f"weights only apply to policy weighted, not {self.policy}", ("weights",))
+        if self.policy == "cascade":
+            if not self.premium:
+                raise _LocatedValueError("cascade needs a premium tier (premium: [endpoint, ...])", ("premium",))
+            if (self.threshold is None) == (self.premium_share is None):
+                raise _LocatedValueError("cascade needs exactly one of threshold or premium_share", ("threshold",))
+        elif self.premium or self.threshold is not None or self.premium_share is not None:
+            raise _LocatedValueError(
+                f"premium, threshold and premium_share only apply to policy cascade, not {self.policy}", ("policy",)
+            )
+        return self
+
+
+class GatewayKey(_Strict):
+    """A gateway API key: stored only as its SHA-256, given as a hash, an env var or a file."""
+
+    id: str = Field(min_length=1)  # what records, logs and `usage` show instead of the key
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    key_env: str | None = None
+    key_file: str | None = None
+    rpm: int | None = Field(default=None, ge=1)  # requests per minute
+    tpm: int | None = Field(default=None, ge=1)  # tokens (prompt + output) per minute
+    budget_usd: float | None = Field(default=None, ge=0)  # total spend allowed
+    routes: list[str] | None = None  # routes (or endpoint names) this key may call; None: all
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GatewayKey:
+        given = [k for k in ("key_sha256", "key_env", "key_file") if getattr(self, k)]
+        if len(given) != 1:
+            raise _LocatedValueError("give exactly one of key_sha256, key_env or key_file", ("key_sha256",))
+        return self
+
+
+class BreakerOptions(_Strict):
+    failures: int = Field(default=5, ge=1)  # consecutive failures that open the circuit
+    cooldown_s: float = Field(default=30.0, gt=0)  # open this long, then one trial request
+
+
+class GatewayConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    keys: list[GatewayKey] = Field(default_factory=list)  # none: no key needed (keep it on loopback)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    breaker: BreakerOptions = Field(default_factory=BreakerOptions)
+    ewma_alpha: float = Field(default=0.2, gt=0, le=1)  # weight of the newest request in live stats
+    default_route: str | None = None  # used when the request's model matches no route or endpoint
+
+
 class Config(_Strict):
-    """Every configured endpoint; names are unique so ``--endpoint NAME`` is unambiguous."""
+    """Every configured endpoint; names are unique so ``--endpoint NAME`` is unambiguous. Routes and the
+    gateway section are read only by ``tokenrace serve``."""
 
     endpoints: list[EndpointConfig] = Field(min_length=1)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+
+    @model_validator(mode="after")
+    def _routes_name_endpoints(self) -> Config:
+        names = set(self.names())
+        seen: dict[str, int] = {}
+        for i, route in enumerate(self.routes):
+            if route.name in seen:
+                raise _LocatedValueError(
+                    f"duplicate route name {route.name!r} (also routes[{seen[route.name]}])", ("routes", i, "name")
+                )
+            if route.name in names:
+                raise _LocatedValueError(f"route name {route.name!r} is also an endpoint name", ("routes", i, "name"))
+            seen[route.name] = i
+            for field_name in ("endpoints", "premium"):
+                for j, name in enumerate(getattr(route, field_name)):
+                    if name not in names:
+                        raise _LocatedValueError(
+                            f"unknown endpoint {name!r}; endpoints: {', '.join(self.names())}",
+                            ("routes", i, field_name, j),
+                        )
+        default = self.gateway.default_route
+        if default is not None and default not in seen and default not in names:
+            raise _LocatedValueError(
+                f"default_route {default!r} is neither a route nor an endpoint", ("gateway", "default_route")
+            )
+        key_ids: set[str] = set()
+        for i, key in enumerate(self.gateway.keys):
+            if key.id in key_ids:
+                raise _LocatedValueError(f"duplicate key id {key.id!r}", ("gateway", "keys", i, "id"))
+            key_ids.add(key.id)
+        return self
+
+    def route(self, name: str) -> RouteConfig | None:
+        for route in self.routes:
+            if route.name == name:
+                return route
+        return None
 
     @field_validator("endpoints")
     @classmethod

@@ -357,3 +357,34 @@ def test_cli_recommend(board_store: Store, tmp_path) -> None:
     assert unknown.exit_code == 2 and "valid suites: agent, chat, coding" in unknown.output
     empty = runner.invoke(app, ["recommend", "--store", str(tmp_path / "empty.db"), "-m", "chat"])
     assert empty.exit_code == 2 and "tokenrace demo" in empty.output
+
+
+def test_gateway_runs_are_split_by_the_endpoint_that_answered(store: Store) -> None:
+    """Live traffic: one gateway run holds requests answered by several upstreams, each priced on its own."""
+    records = suite_records("gw", "cheap", {"chat": (100, 100, None)}, n=6)
+    for record in records[3:]:
+        record.endpoint = "premium"
+    run = RunInfo(
+        run_id="gw",
+        started_at=time.time(),
+        endpoint="gateway",
+        workload="gateway",
+        profile={"kind": "gateway"},
+        config={
+            "endpoints": {
+                "cheap": {"name": "cheap", "model": "c", "price": {"input": 1.0, "output": 1.0}},
+                "premium": {"name": "premium", "model": "p", "price": {"input": 10.0, "output": 10.0}},
+            }
+        },
+        versions={},
+        host={},
+    )
+    store.create_run(run)
+    store.add_records(records)
+    store.finish_run("gw", "complete", None, time.time())
+    board = build_leaderboard(store, select_runs(store))
+    rows = {r.endpoint: r for r in board.overall()}
+    assert set(rows) == {"cheap", "premium"} and rows["cheap"].completed == rows["premium"].completed == 3
+    assert rows["cheap"].usd_per_1k_requests == pytest.approx(151 * 1.0 / 1e6 * 1000)
+    assert rows["premium"].usd_per_1k_requests == pytest.approx(151 * 10.0 / 1e6 * 1000)
+    assert rows["cheap"].throughput_tps is None  # live traffic has no load level of its own

@@ -25,7 +25,7 @@ from tokenrace.config import EndpointConfig, Price
 from tokenrace.http import HTTPClientError, probe
 from tokenrace.loadgen import LiveStats, LoadResult, run_load
 from tokenrace.metrics import SLO, summarize
-from tokenrace.pricing import price_for, run_cost
+from tokenrace.pricing import price_for_stored, run_cost
 from tokenrace.profiles import LoadProfile, sweep_rates
 from tokenrace.records import RunClock, RunInfo
 from tokenrace.store import RecordWriter, Store
@@ -172,14 +172,7 @@ def run_summary(run: RunInfo, records: list[Any], slo: SLO | None = None) -> dic
 
 def run_price(run: RunInfo) -> tuple[Price | None, str]:
     """The price a stored run is billed at, from its stored endpoint config (same rules as live)."""
-    endpoint = (run.config or {}).get("endpoint") or {}
-    return price_for(
-        price=Price(**endpoint["price"]) if endpoint.get("price") else None,
-        is_local=endpoint.get("engine") == "local",
-        price_per_hour=endpoint.get("price_per_hour"),
-        model=str(endpoint.get("model", "")),
-        base_url=str(endpoint.get("base_url", "")),
-    )
+    return price_for_stored((run.config or {}).get("endpoint") or {})
 
 
 async def run_sweep(

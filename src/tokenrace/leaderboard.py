@@ -18,7 +18,7 @@ from typing import Any
 from tokenrace.bench import run_price
 from tokenrace.config import Price
 from tokenrace.metrics import confidence_interval_95, describe, e2e_ms, measurement_window, output_speed_tps, ttft_ms
-from tokenrace.pricing import run_cost, safe_ratio
+from tokenrace.pricing import price_for_stored, run_cost, safe_ratio
 from tokenrace.records import FAILED, OK, PHASE_WARMUP, RequestRecord, RunInfo
 from tokenrace.store import Store
 
@@ -135,33 +135,28 @@ def build_leaderboard(
     groups: dict[tuple[str, str], _Group] = {}
     for run in runs:
         loaded = records[run.run_id] if records is not None else store.records(run.run_id)
-        records_of_run = [r for r in loaded if r.phase != PHASE_WARMUP]
-        if not records_of_run:
-            continue
-        price, source = run_price(run)
-        endpoint = (run.config or {}).get("endpoint") or {}
-        price_per_hour = endpoint.get("price_per_hour")
-        window = measurement_window(records_of_run)
-        duration_s = window[1] - window[0] if window else None
-        by_suite: dict[str, list[RequestRecord]] = {}
-        for record in records_of_run:
-            if record.suite:
-                by_suite.setdefault(record.suite, []).append(record)
-        throughput = _run_throughput(run, records_of_run, duration_s)
-        parts = [(OVERALL, records_of_run), *sorted(by_suite.items())]
-        for suite, subset in parts:
-            group = groups.setdefault((run.endpoint, suite), _Group(run.endpoint, suite))
-            group.add(
-                run,
-                subset,
-                price,
-                source,
-                price_per_hour,
-                # the hardware's hour is shared by the suites of a mixed run in proportion to their requests
-                None if duration_s is None else duration_s * len(subset) / len(records_of_run),
-                # a throughput belongs to one load: a suite gets one only from a run of that suite alone
-                throughput if suite == OVERALL or len(subset) == len(records_of_run) else None,
-            )
+        for name, part, price, source, price_per_hour, live in _endpoint_parts(run, loaded):
+            window = measurement_window(part)
+            duration_s = window[1] - window[0] if window else None
+            by_suite: dict[str, list[RequestRecord]] = {}
+            for record in part:
+                if record.suite:
+                    by_suite.setdefault(record.suite, []).append(record)
+            # live traffic has no load level of its own: its rate is whatever the clients sent
+            throughput = None if live else _run_throughput(run, part, duration_s)
+            for suite, subset in [(OVERALL, part), *sorted(by_suite.items())]:
+                group = groups.setdefault((name, suite), _Group(name, suite))
+                group.add(
+                    run,
+                    subset,
+                    price,
+                    source,
+                    price_per_hour,
+                    # the hardware's hour is shared by the suites of a mixed run in proportion to their requests
+                    None if duration_s is None else duration_s * len(subset) / len(part),
+                    # a throughput belongs to one load: a suite gets one only from a run of that suite alone
+                    throughput if suite == OVERALL or len(subset) == len(part) else None,
+                )
     rows = [group.row() for group in groups.values()]
     rows.sort(key=lambda r: (r.suite != OVERALL, r.suite, -(r.output_speed_p50 or 0.0), r.endpoint))
     for suite in {r.suite for r in rows}:
@@ -205,6 +200,37 @@ def sort_rows(rows: Iterable[Row], key: str) -> list[Row]:
     unknown = [r for r in rows if getattr(r, attribute) is None]
     known.sort(key=lambda r: getattr(r, attribute), reverse=higher_better)
     return known + unknown
+
+
+GATEWAY_WORKLOAD = "gateway"  # the workload of the run a `tokenrace serve` process records live traffic in
+
+
+def _endpoint_parts(
+    run: RunInfo, records: Sequence[RequestRecord]
+) -> list[tuple[str, list[RequestRecord], Price | None, str, float | None, bool]]:
+    """(endpoint, its measured records, price, price source, price per hour, live?) for one run.
+
+    A benchmark run measures one endpoint at the run's price. A gateway run holds live traffic to many
+    upstreams: its records are split by the endpoint that answered, each priced from that endpoint's
+    entry in the run's stored config (same rules as a benchmark).
+    """
+    measured = [r for r in records if r.phase != PHASE_WARMUP]
+    if not measured:
+        return []
+    config = run.config or {}
+    if run.workload != GATEWAY_WORKLOAD:
+        price, source = run_price(run)
+        hourly = (config.get("endpoint") or {}).get("price_per_hour")
+        return [(run.endpoint, measured, price, source, hourly, False)]
+    by_endpoint: dict[str, list[RequestRecord]] = {}
+    for record in measured:
+        by_endpoint.setdefault(record.endpoint, []).append(record)
+    parts = []
+    for name, part in by_endpoint.items():
+        endpoint = (config.get("endpoints") or {}).get(name) or {}
+        price, source = price_for_stored(endpoint, part[0].model)
+        parts.append((name, part, price, source, endpoint.get("price_per_hour"), True))
+    return parts
 
 
 def _run_throughput(run: RunInfo, records: list[RequestRecord], duration_s: float | None) -> tuple[float, str] | None:

@@ -102,7 +102,7 @@ missing denominator (a free local run has ``total_usd`` 0 and no tokens per doll
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -460,6 +460,17 @@ def price_for(
     if entry is None:
         return None, SOURCE_UNKNOWN
     return entry.price, f"catalog: {entry.provider} {entry.model}, as of {catalog_as_of()}"
+
+
+def price_for_stored(endpoint: Mapping[str, Any], model: str = "") -> tuple[Price | None, str]:
+    """The price of an endpoint as stored in a run's config (``EndpointConfig.public_dict()``)."""
+    return price_for(
+        price=Price(**endpoint["price"]) if endpoint.get("price") else None,
+        is_local=endpoint.get("engine") == "local",
+        price_per_hour=endpoint.get("price_per_hour"),
+        model=str(endpoint.get("model") or model),
+        base_url=str(endpoint.get("base_url", "")),
+    )
 
 
 def _is_zero(price: Price) -> bool:

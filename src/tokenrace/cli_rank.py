@@ -27,7 +27,7 @@ from tokenrace.store import Store
 FORMATS = ("table", "json", "csv", "markdown")
 
 SinceOpt = Annotated[
-    str | None, typer.Option("--since", help="only runs started in this last span, e.g. 24h, 7d [default: all]")
+    str | None, typer.Option("--since", help="only runs started in this last span, e.g. 24h, 7d (default: every run)")
 ]
 EndpointsOpt = Annotated[str | None, typer.Option("--endpoints", "-e", help="only these endpoints (comma-separated)")]
 RunsArg = Annotated[list[str] | None, typer.Argument(help="run ids or unique prefixes [default: every finished run]")]

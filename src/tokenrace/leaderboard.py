@@ -19,7 +19,7 @@ from tokenrace.bench import run_price
 from tokenrace.config import Price
 from tokenrace.metrics import confidence_interval_95, describe, e2e_ms, measurement_window, output_speed_tps, ttft_ms
 from tokenrace.pricing import price_for_stored, run_cost, safe_ratio
-from tokenrace.records import FAILED, OK, PHASE_WARMUP, RequestRecord, RunInfo
+from tokenrace.records import FAILED, GATEWAY_WORKLOAD, OK, PHASE_WARMUP, RequestRecord, RunInfo
 from tokenrace.store import Store
 
 OVERALL = "overall"  # the suite name of an endpoint's row over all its requests
@@ -200,9 +200,6 @@ def sort_rows(rows: Iterable[Row], key: str) -> list[Row]:
     unknown = [r for r in rows if getattr(r, attribute) is None]
     known.sort(key=lambda r: getattr(r, attribute), reverse=higher_better)
     return known + unknown
-
-
-GATEWAY_WORKLOAD = "gateway"  # the workload of the run a `tokenrace serve` process records live traffic in
 
 
 def _endpoint_parts(

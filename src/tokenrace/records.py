@@ -44,6 +44,10 @@ ERROR_CATEGORIES = (
 PHASE_WARMUP = "warmup"
 PHASE_MEASURE = "measure"
 
+# The workload of the run a `tokenrace serve` process records its live traffic in (one run per process;
+# each record's endpoint is the upstream that answered).
+GATEWAY_WORKLOAD = "gateway"
+
 
 class RunClock:
     """The run's time origin: monotonic for intervals, wall clock only to label the run."""

@@ -171,6 +171,21 @@ async def test_anthropic_tool_use_text_and_usage(canned):
     assert orjson.loads(payload)["system"] == "be brief"
 
 
+async def test_anthropic_prompt_usage_reported_only_at_the_end_is_kept(canned):
+    """A translating proxy knows the prompt's size only in message_delta's cumulative usage."""
+    body = anthropic_sse(
+        ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 0, "output_tokens": 0}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                           "usage": {"input_tokens": 21, "output_tokens": 2}}),
+        ("message_stop", {"type": "message_stop"}),
+    )  # fmt: skip
+    url, _ = await canned(body)
+    record = await send(url, api="anthropic-messages", api_key="ak")
+    assert (record.usage_prompt_tokens, record.usage_completion_tokens) == (21, 2)
+
+
 async def test_error_event_inside_a_200_stream_is_an_api_error(canned):
     body = sse(chunk({"content": "a"}), {"error": {"message": "overloaded", "type": "server_error"}}, done=False)
     url, _ = await canned(body)

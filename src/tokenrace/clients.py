@@ -190,14 +190,7 @@ def _decode_anthropic(state: _StreamState, t: float, event: str | None, data: by
             state.answer.append(block["text"])
             state.output(t, block["text"], answer=True)
     elif kind == "message_start":
-        usage = (payload.get("message") or {}).get("usage") or {}
-        if "input_tokens" in usage:
-            record.usage_prompt_tokens = (
-                usage["input_tokens"]
-                + (usage.get("cache_read_input_tokens") or 0)
-                + (usage.get("cache_creation_input_tokens") or 0)
-            )
-            record.usage_cached_tokens = usage.get("cache_read_input_tokens")
+        _anthropic_prompt_usage(record, (payload.get("message") or {}).get("usage") or {})
     elif kind == "message_delta":
         delta = payload.get("delta") or {}
         if delta.get("stop_reason"):
@@ -205,10 +198,25 @@ def _decode_anthropic(state: _StreamState, t: float, event: str | None, data: by
         usage = payload.get("usage") or {}
         if "output_tokens" in usage:
             record.usage_completion_tokens = usage["output_tokens"]
+        # Cumulative usage at the end wins over message_start's: a translating proxy (or a server that
+        # counts late) only knows the prompt's size there.
+        if usage.get("input_tokens"):
+            _anthropic_prompt_usage(record, usage)
     elif kind == "message_stop":
         state.done = True
     elif kind == "error":
         raise StreamError(ERR_API, _error_message(payload))
+
+
+def _anthropic_prompt_usage(record: RequestRecord, usage: dict[str, Any]) -> None:
+    """Prompt tokens = input + cache reads + cache writes (Anthropic reports them apart)."""
+    if "input_tokens" in usage:
+        record.usage_prompt_tokens = (
+            usage["input_tokens"]
+            + (usage.get("cache_read_input_tokens") or 0)
+            + (usage.get("cache_creation_input_tokens") or 0)
+        )
+        record.usage_cached_tokens = usage.get("cache_read_input_tokens")
 
 
 def _error_message(payload: dict[str, Any]) -> str:

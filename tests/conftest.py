@@ -90,5 +90,5 @@ def pg_store(pg_url: str) -> Iterator[Store]:
         yield store
     finally:
         with store.engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE IF EXISTS requests, runs, schema_version"))
+            conn.execute(sa.text("DROP TABLE IF EXISTS feedback, requests, runs, schema_version"))
         store.close()

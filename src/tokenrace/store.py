@@ -40,6 +40,7 @@ __all__ = [
     "RUN_FIELDS",
     "SCHEMA_VERSION",
     "AmbiguousRunError",
+    "Feedback",
     "FieldSpec",
     "RecordWriter",
     "RecordWriterError",
@@ -161,6 +162,29 @@ _requests = sa.Table(
     sa.Index("ix_requests_run_id", "run_id"),
 )
 _schema_version = sa.Table("schema_version", _metadata, sa.Column("version", sa.Integer, nullable=False))
+# Quality signals sent to the gateway (POST /v1/feedback) after a request ended. Kept apart from
+# ``requests`` because they arrive later and may arrive more than once; a reader takes the latest per
+# request (Store.feedback). ``create_all`` adds the table to stores made before it existed.
+_feedback = sa.Table(
+    "feedback",
+    _metadata,
+    sa.Column("request_id", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=True),
+    sa.Column("score", sa.Double, nullable=False),
+    sa.Column("key_id", sa.Text, nullable=True),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Index("ix_feedback_run_id", "run_id"),
+)
+
+
+class Feedback(NamedTuple):
+    """One quality signal: ``score`` in [0, 1] for the gateway request ``request_id``, at unix time ``at``."""
+
+    request_id: str
+    run_id: str | None
+    score: float
+    key_id: str | None
+    at: float
 
 
 def _from_row(cls: type, specs: Sequence[FieldSpec], row: sa.Row[Any]) -> Any:
@@ -340,6 +364,23 @@ class Store:
             query = query.where(_requests.c.phase == phase)
         with self.engine.connect() as conn:
             return [_from_row(RequestRecord, RECORD_FIELDS, row) for row in conn.execute(query)]
+
+    # -- feedback --
+
+    def add_feedback(
+        self, request_id: str, score: float, key_id: str | None, at: float, *, run_id: str | None = None
+    ) -> None:
+        """Store one quality signal for a gateway request (another one for the same request supersedes it)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                _feedback.insert().values(request_id=request_id, run_id=run_id, score=score, key_id=key_id, at=at)
+            )
+
+    def feedback(self, run_id: str) -> list[Feedback]:
+        """The feedback on a run's requests, oldest first (so a dict built from it keeps the latest score)."""
+        query = _feedback.select().where(_feedback.c.run_id == run_id).order_by(_feedback.c.at)
+        with self.engine.connect() as conn:
+            return [Feedback(r.request_id, r.run_id, r.score, r.key_id, r.at) for r in conn.execute(query)]
 
     def close(self) -> None:
         """Release pooled connections (and the SQLite file handles)."""

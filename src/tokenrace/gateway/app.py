@@ -47,13 +47,14 @@ import orjson
 from tokenrace.config import Config, EndpointConfig
 from tokenrace.gateway.access import AccessControl, AccessDenied, KeyState, Reservation, spent_by_key
 from tokenrace.gateway.breaker import CircuitBreaker
+from tokenrace.gateway.checks import automatic_checks
 from tokenrace.gateway.difficulty import HeuristicDifficulty, message_text
 from tokenrace.gateway.livestats import LiveStats
 from tokenrace.gateway.policies import Overrides, Router, UnknownModelError
 from tokenrace.gateway.prommetrics import GatewayMetrics
 from tokenrace.gateway.proxy import CHAT, COMPLETIONS, MESSAGES, Call, Proxy, error_body, stream_error
 from tokenrace.gateway.telemetry import Telemetry, billed_tokens, cancelled, record_cost
-from tokenrace.records import ERR_CANCELLED, ERR_HTTP_4XX, ERR_HTTP_5XX, FAILED, RequestRecord
+from tokenrace.records import ERR_CANCELLED, ERR_HTTP_4XX, ERR_HTTP_5XX, FAILED, OK, RequestRecord
 from tokenrace.store import Store
 
 __all__ = ["DEFAULT_MAX_TOKENS", "GatewayApp"]
@@ -392,6 +393,8 @@ class GatewayApp:
         extra["client_status"] = call.status
         if call.overhead_ms is not None and not call.attempts:
             extra["gateway_overhead_ms"] = round(call.overhead_ms, 3)
+        if record.status == OK and (checks := automatic_checks(call.body, record)) is not None:
+            extra["checks"] = checks
         if reservation is not None:
             if call.committed and call.status == 200:
                 reservation.settle(billed_tokens(record), cost)

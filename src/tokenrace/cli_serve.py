@@ -81,6 +81,7 @@ def serve(
                 lifespan="on",
                 log_level="warning",
                 access_log=False,
+                proxy_headers=False,  # no X-Forwarded-* rewriting: the gateway is the edge, and it costs per call
                 server_header=False,
                 timeout_graceful_shutdown=5,
             )

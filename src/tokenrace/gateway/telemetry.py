@@ -61,6 +61,9 @@ __all__ = [
 ]
 
 RECENT_REQUESTS = 100_000  # request ids remembered for /v1/feedback (with the key that made them)
+# Records are committed in batches at most this far apart: at low rates a commit per request would cost more
+# CPU than the proxying itself; a crash loses at most this much telemetry (the answers were already served).
+WRITE_INTERVAL_S = 0.5
 
 
 def decoder_for(api: str) -> Decoder:
@@ -272,7 +275,7 @@ class Telemetry:
         )
         self.store.create_run(run)
         self.run = run
-        self.writer = RecordWriter(self.store)
+        self.writer = RecordWriter(self.store, flush_interval_s=WRITE_INTERVAL_S)
         for name in self.endpoints:
             self.metrics.set_in_flight(name, 0)
             self.metrics.set_breaker(name, self.breaker.state(name))

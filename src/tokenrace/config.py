@@ -148,6 +148,47 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+class SecretUnavailable(Exception):
+    """A secret's variable or file gave no value: ``source`` is the variable's name or the file's path,
+    ``from_file`` which of the two, ``problem`` why (e.g. "is not set", "does not exist")."""
+
+    def __init__(self, source: str, from_file: bool, problem: str) -> None:
+        super().__init__(f"{source} {problem}")
+        self.source = source
+        self.from_file = from_file
+        self.problem = problem
+
+
+def read_secret(env_name: str | None, file_name: str | None, environ: Mapping[str, str]) -> str:
+    """A secret from an environment variable (when named) or a file (``~`` expanded), stripped.
+
+    Shared by endpoint keys and gateway keys so both report a missing, empty or unreadable source alike;
+    the value itself never appears in an error.
+    """
+    if env_name is not None:
+        value = environ.get(env_name)
+        if value is None or not value.strip():
+            problem = "is not set" if value is None else "is empty"
+            raise SecretUnavailable(env_name, False, problem)
+        return value.strip()
+    if file_name is None:
+        raise ValueError("read_secret needs a variable or a file")
+    path = Path(file_name).expanduser()
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        problem = "does not exist"
+    except OSError as err:
+        problem = f"cannot be read ({err.strerror or type(err).__name__})"
+    except UnicodeDecodeError:
+        problem = "is not UTF-8 text"
+    else:
+        if value:
+            return value
+        problem = "is empty"
+    raise SecretUnavailable(str(path), True, problem)
+
+
 class _LocatedValueError(ValueError):
     """A validator error that knows the deeper location it is about (appended to pydantic's loc)."""
 
@@ -304,39 +345,18 @@ class EndpointConfig(_Strict):
 
     def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
         """The key, read now from the named variable or file; None when the endpoint needs none."""
-        env = os.environ if environ is None else environ
-        if self.api_key_env is not None:
-            value = env.get(self.api_key_env)
-            if value is None or not value.strip():
-                state = "is not set" if value is None else "is empty"
-                raise MissingSecretError(
-                    f"endpoint {self.name!r}: environment variable {self.api_key_env} {state}",
-                    endpoint=self.name,
-                    source=self.api_key_env,
-                    field="api_key_env",
-                )
-            return value.strip()
-        if self.api_key_file is not None:
-            path = Path(self.api_key_file).expanduser()
-            try:
-                value = path.read_text(encoding="utf-8").strip()
-            except FileNotFoundError:
-                problem = "does not exist"
-            except OSError as err:
-                problem = f"cannot be read ({err.strerror or type(err).__name__})"
-            except UnicodeDecodeError:
-                problem = "is not UTF-8 text"
-            else:
-                if value:
-                    return value
-                problem = "is empty"
+        if self.api_key_env is None and self.api_key_file is None:
+            return None
+        try:
+            return read_secret(self.api_key_env, self.api_key_file, os.environ if environ is None else environ)
+        except SecretUnavailable as err:
+            what = "api key file" if err.from_file else "environment variable"
             raise MissingSecretError(
-                f"endpoint {self.name!r}: api key file {path} {problem}",
+                f"endpoint {self.name!r}: {what} {err.source} {err.problem}",
                 endpoint=self.name,
-                source=str(path),
-                field="api_key_file",
-            )
-        return None
+                source=err.source,
+                field="api_key_file" if err.from_file else "api_key_env",
+            ) from None
 
     def public_dict(self) -> dict[str, Any]:
         """The config as stored with a run: JSON-ready, secret values removed (names of the
@@ -433,6 +453,9 @@ class GatewayConfig(_Strict):
     breaker: BreakerOptions = Field(default_factory=BreakerOptions)
     ewma_alpha: float = Field(default=0.2, gt=0, le=1)  # weight of the newest request in live stats
     default_route: str | None = None  # used when the request's model matches no route or endpoint
+    # cascade difficulty: "heuristic" (default when unset) or a router file from `tokenrace router train`;
+    # a relative path in a config file is relative to that file's directory
+    difficulty: str | None = None
 
 
 class Config(_Strict):
@@ -551,9 +574,17 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError("not UTF-8 text", path=shown) from None
     except OSError as err:
         raise ConfigError(f"cannot read: {err.strerror or err}", path=shown) from None
-    if p.suffix.lower() == ".toml":
-        return parse_toml(text, path=shown)
-    return parse_yaml(text, path=shown)
+    config = parse_toml(text, path=shown) if p.suffix.lower() == ".toml" else parse_yaml(text, path=shown)
+    return _resolve_relative(config, p.parent)
+
+
+def _resolve_relative(config: Config, base: Path) -> Config:
+    """Paths the gateway reads (``gateway.difficulty``) made relative to the config file, not the shell."""
+    difficulty = config.gateway.difficulty
+    if difficulty is None or difficulty == "heuristic" or Path(difficulty).expanduser().is_absolute():
+        return config
+    gateway = config.gateway.model_copy(update={"difficulty": str(base / difficulty)})
+    return config.model_copy(update={"gateway": gateway})
 
 
 def parse_yaml(text: str, path: str = "<yaml>") -> Config:

@@ -24,9 +24,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from tokenrace.config import ConfigError, GatewayKey
+from tokenrace.config import ConfigError, GatewayKey, SecretUnavailable, read_secret
 from tokenrace.store import Store
 from tokenrace.usage import gateway_records
 
@@ -347,30 +346,13 @@ def _configured_hash(key: GatewayKey, index: int, env: Mapping[str, str]) -> str
     """The key's SHA-256 from its one source; the plain value lives only inside this function."""
     if key.key_sha256 is not None:
         return key.key_sha256.lower()
-    if key.key_env is not None:
-        value = env.get(key.key_env)
-        if value is None or not value.strip():
-            state = "is not set" if value is None else "is empty"
-            raise ConfigError(
-                f"gateway key {key.id!r}: environment variable {key.key_env} {state}",
-                field=f"gateway.keys[{index}].key_env",
-            )
-        return hash_key(value.strip())
-    assert key.key_file is not None
-    path = Path(key.key_file).expanduser()
     try:
-        value = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        problem = "does not exist"
-    except OSError as err:
-        problem = f"cannot be read ({err.strerror or type(err).__name__})"
-    except UnicodeDecodeError:
-        problem = "is not UTF-8 text"
-    else:
-        if value:
-            return hash_key(value)
-        problem = "is empty"
-    raise ConfigError(f"gateway key {key.id!r}: key file {path} {problem}", field=f"gateway.keys[{index}].key_file")
+        return hash_key(read_secret(key.key_env, key.key_file, env))
+    except SecretUnavailable as err:
+        what, field = ("key file", "key_file") if err.from_file else ("environment variable", "key_env")
+        raise ConfigError(
+            f"gateway key {key.id!r}: {what} {err.source} {err.problem}", field=f"gateway.keys[{index}].{field}"
+        ) from None
 
 
 def spent_by_key(store: Store, since_s: float | None = None) -> dict[str, float]:

@@ -825,3 +825,74 @@ def monitor_chart(
         resolve={"scale": {"y": "independent"}},
     )
     return spec
+
+
+# --------------------------------------------------------------------------------------------------
+# Routing: quality vs strong-model share (`tokenrace router eval --png`)
+
+
+def routing_curve_chart(curves: dict[str, tuple[list[float], list[float]]]) -> Spec | None:
+    """PGR against the share of calls sent to the strong model, one line per router or baseline.
+
+    ``curves`` maps a name to (share, pgr) points. The higher a line at a given share, the more of the
+    weak→strong quality gap that router recovers for the same number of strong calls; the random
+    baseline is the diagonal, so the area between a router and it is what the router is worth.
+    """
+    values: list[Spec] = []
+    for name, (share, pgr) in curves.items():
+        step = max(1, len(share) // CDF_MAX_POINTS)  # thin long curves, keep the last point
+        keep = list(range(0, len(share), step))
+        if keep and keep[-1] != len(share) - 1:
+            keep.append(len(share) - 1)
+        values.extend({"router": name, "share": _round(share[i], 5), "pgr": _round(pgr[i], 5)} for i in keep)
+    if not values:
+        return None
+    names = list(curves)
+    colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+    x = {
+        "field": "share",
+        "type": "quantitative",
+        "title": "share of calls sent to the strong model",
+        "scale": {"domain": [0, 1]},
+        "axis": {"format": ".0%"},
+    }
+    y = {
+        "field": "pgr",
+        "type": "quantitative",
+        "title": "performance gap recovered (PGR)",
+        "axis": {"format": ".0%"},
+    }
+    color = {
+        "field": "router",
+        "type": "nominal",
+        "title": "router",
+        "scale": {"domain": names, "range": [colors[n] for n in names]},
+        "legend": {"orient": "right", "symbolType": "stroke", "symbolStrokeWidth": 3},
+    }
+    spec = _base("Quality vs strong-model share", "held-out subjects; higher and further left is better")
+    tooltip = [
+        {"field": "router", "type": "nominal"},
+        {"field": "share", "type": "quantitative", "format": ".1%"},
+        {"field": "pgr", "type": "quantitative", "title": "PGR", "format": ".1%"},
+    ]
+    # always-weak and always-strong are single points (0, 0) and (1, 1): drawn as dots, not lines
+    single = [name for name, (share, _) in curves.items() if len(share) == 1]
+    is_single = {"field": "router", "oneOf": single}
+    spec.update(
+        width=WIDTH,
+        height=HEIGHT,
+        data={"values": values},
+        layer=[
+            {
+                "transform": [{"filter": {"not": is_single}}],
+                "mark": {"type": "line", "strokeWidth": 2},
+                "encoding": {"x": x, "y": y, "color": color, "tooltip": tooltip},
+            },
+            {
+                "transform": [{"filter": is_single}],
+                "mark": {"type": "point", "filled": True, "size": 120},
+                "encoding": {"x": x, "y": y, "color": color, "tooltip": tooltip},
+            },
+        ],
+    )
+    return spec

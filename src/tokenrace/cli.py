@@ -528,4 +528,4 @@ def demo(
 
 
 # Commands that live in their own modules register themselves on `app` when imported.
-from tokenrace import cli_compare, cli_monitor, cli_rank, cli_report, cli_serve, cli_usage  # noqa: E402, F401
+from tokenrace import cli_compare, cli_monitor, cli_rank, cli_report, cli_router, cli_serve, cli_usage  # noqa: E402, F401

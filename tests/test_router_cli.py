@@ -1,0 +1,177 @@
+"""`tokenrace router train|eval` and a trained router as the gateway's cascade difficulty (`gateway.difficulty`).
+
+The outcome data is a small synthetic JSONL file: long, option-heavy questions are those only the strong
+model gets right, short ones both get right, so a feature router learns something the heuristic does not
+score the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from test_gateway import Gateway, _ep, gateway  # noqa: F401  (the fixture and harness)
+from tokenrace.cli import app
+from tokenrace.config import ConfigError, GatewayConfig, load_config
+from tokenrace.gateway.app import GatewayApp
+from tokenrace.gateway.difficulty import HeuristicDifficulty
+from tokenrace.routing.estimator import TrainedDifficulty, load_estimator
+from tokenrace.store import Store
+
+runner = CliRunner()
+
+WORDS = "river stone garden window paper market bridge lantern orchard violin harbor meadow".split()
+# A question of the "hard" shape: long stem, quoted terms and four options (MMLU-like).
+HARD_PROMPT = (
+    'Consider the "river" and the "bridge" of the old market town, where the lantern maker and the violin '
+    "maker argue about the orchard and the harbor through the meadow for many long seasons of the year. "
+    "Which statement follows?\nA. river stone\nB. garden window\nC. paper market\nD. bridge lantern"
+)
+
+
+def _question(rng: random.Random, hard: bool) -> str:
+    if not hard:
+        return f"Name a {rng.choice(WORDS)}."
+    stem = " ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 70)))
+    options = "\n".join(f"{letter}. {rng.choice(WORDS)} {rng.choice(WORDS)}" for letter in "ABCD")
+    return f'In "{rng.choice(WORDS)}" {stem}? Which holds?\n{options}'
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six subjects × 60 prompts: hard ones gain from the strong model, easy ones do not."""
+    rng = random.Random(7)
+    path = tmp_path_factory.mktemp("outcomes") / "outcomes.jsonl"
+    lines = [json.dumps({"meta": {"weak": "small", "strong": "big"}})]
+    for g in range(6):
+        for i in range(60):
+            hard = rng.random() < 0.4
+            weak = 0 if hard and rng.random() < 0.9 else 1
+            lines.append(
+                json.dumps(
+                    {
+                        "id": f"s{g}/{i}",
+                        "group": f"subject{g}",
+                        "prompt": _question(rng, hard),
+                        "scores": {"small": weak, "big": 1},
+                    }
+                )
+            )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(outcomes: Path) -> Path:
+    out = outcomes.parent / "router.npz"
+    result = runner.invoke(app, ["router", "train", "--router", "features", "--data", str(outcomes), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "trained features on 360 prompts / 6 subjects" in result.output
+    assert "held-out subjects" in result.output and "oracle" in result.output
+    assert out.is_file()
+    return out
+
+
+def test_train_then_eval_the_saved_router(trained: Path, outcomes: Path, tmp_path: Path) -> None:
+    args = ["router", "eval", "--data", str(outcomes), "--router", str(trained), "--router", "length"]
+    result = runner.invoke(app, [*args, "--folds", "3", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = orjson.loads(result.output)
+    rows = {row["router"]: row for row in report["held_out"]["rows"]}
+    assert set(rows) == {"random", "oracle", "file:router.npz", "length"}
+    assert rows["random"]["apgr"] == pytest.approx(0.5)
+    assert rows["file:router.npz"]["apgr"] > 0.6  # it learned the hard shape (it also saw these subjects)
+    assert rows["file:router.npz"]["p50_ms"] is not None
+    assert {row["router"] for row in report["kfold"]} == set(rows)
+    table = runner.invoke(app, [*args, "--test-fraction", "0.3"])
+    assert table.exit_code == 0, table.output
+    for text in ("APGR", "CPT(50%)", "CPT(80%)", "always-weak", "always-strong", "file:router.npz"):
+        assert text in table.output
+
+
+def test_eval_png_is_a_png(outcomes: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["router", "eval", "--data", str(outcomes), "--png", str(tmp_path / "charts")])
+    assert result.exit_code == 0, result.output
+    png = (tmp_path / "charts" / "routing-curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+
+
+def test_eval_and_train_refuse_bad_input(outcomes: Path, tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["router", "eval", "--data", str(outcomes), "--router", str(tmp_path / "no.npz")])
+    assert missing.exit_code == 2 and "router file not found" in missing.output
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    bad = runner.invoke(app, ["router", "eval", "--data", str(outcomes), "--router", str(junk)])
+    assert bad.exit_code == 2 and "not a tokenrace router file" in bad.output
+    kind = runner.invoke(app, ["router", "train", "--router", "magic", "--data", str(outcomes), "-o", str(junk)])
+    assert kind.exit_code == 2 and "unknown router 'magic'" in kind.output
+
+
+def test_estimator_scores_the_last_user_message(trained: Path) -> None:
+    estimator = load_estimator(trained)
+    assert isinstance(estimator, TrainedDifficulty) and estimator.name == "trained:features"
+    hard = estimator.score([{"role": "user", "content": HARD_PROMPT}])
+    easy = estimator.score([{"role": "user", "content": HARD_PROMPT}, {"role": "user", "content": "Name a river."}])
+    assert 0.0 <= easy < hard <= 1.0
+    with_reply = [{"role": "user", "content": HARD_PROMPT}, {"role": "assistant", "content": "Name a river."}]
+    assert estimator.score(with_reply) == hard  # the assistant's turn is not what is scored
+
+
+def test_gateway_cascade_uses_the_trained_router(trained: Path, emulator, gateway) -> None:  # noqa: F811
+    messages = [{"role": "user", "content": HARD_PROMPT}]
+    ours = load_estimator(trained).score(messages)
+    theirs = HeuristicDifficulty().score(messages)
+    assert abs(ours - theirs) > 0.1, (ours, theirs)  # the threshold between them tells the two apart
+    threshold = (ours + theirs) / 2
+    emu = emulator(api="openai", ttft_ms=1, itl_ms=1, tokens=4)
+    gw = gateway(
+        {
+            "endpoints": [_ep("small", emu), _ep("large", emu)],
+            "routes": [
+                {
+                    "name": "auto",
+                    "policy": "cascade",
+                    "endpoints": ["small"],
+                    "premium": ["large"],
+                    "threshold": threshold,
+                }
+            ],
+            "gateway": {"difficulty": str(trained)},
+        }
+    )
+    assert gw.app.router.difficulty.name == "trained:features"
+    raw = gw.openai().chat.completions.with_raw_response.create(model="auto", messages=messages, max_tokens=8)
+    reason = raw.headers["x-tokenrace-route-reason"]
+    assert f"difficulty {ours:.2f}" in reason
+    assert raw.headers["x-tokenrace-endpoint"] == ("large" if ours > theirs else "small")
+
+
+def test_config_path_is_relative_to_the_config_file(trained: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "r.npz").write_bytes(trained.read_bytes())
+    config = folder / "tokenrace.yaml"
+    endpoint = "endpoints: [{name: e, api: openai-chat, base_url: 'http://127.0.0.1:9/v1', model: m}]\n"
+    config.write_text(endpoint + "gateway: {difficulty: r.npz}\n", encoding="utf-8")
+    cfg = load_config(config)
+    assert cfg.gateway.difficulty == str(folder / "r.npz")
+    with Store.open(str(tmp_path / "a.db")) as db:
+        assert GatewayApp(cfg, db).router.difficulty.name == "trained:features"
+        assert GatewayApp(cfg.model_copy(update={"gateway": GatewayConfig()}), db).router.difficulty.name == "heuristic"
+
+
+def test_bad_router_path_stops_start_up_naming_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "tokenrace.yaml"
+    endpoint = "endpoints: [{name: e, api: openai-chat, base_url: 'http://127.0.0.1:9/v1', model: m}]\n"
+    config.write_text(endpoint + "gateway: {difficulty: missing-router.npz}\n", encoding="utf-8")
+    with Store.open(str(tmp_path / "a.db")) as db, pytest.raises(ConfigError) as err:
+        GatewayApp(load_config(config), db)
+    assert str(tmp_path / "missing-router.npz") in str(err.value) and "gateway.difficulty" in str(err.value)
+    result = runner.invoke(app, ["serve", "--config", str(config), "--store", str(tmp_path / "b.db"), "--port", "0"])
+    assert result.exit_code == 2
+    assert "missing-router.npz" in result.output and "router file not found" in result.output

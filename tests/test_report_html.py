@@ -556,3 +556,23 @@ def test_report_renders_every_chart_offline_in_headless_chromium(full_store: Sto
     assert requests == [url], requests
     width, height = _png_size(shot.read_bytes())
     assert width >= 1000 and height > 3000 and shot.stat().st_size > 100_000
+
+
+def test_gateway_traffic_is_charted_under_the_endpoints_that_answered(store: Store) -> None:
+    """A gateway run is labelled "gateway"; its CDFs and legend use the upstreams its requests went to."""
+    rng = random.Random(7)
+    cheap = FakeEndpoint("cheap", "c", {}, 0.1, 90.0, 0.5)
+    premium = FakeEndpoint("premium", "p", {}, 0.4, 40.0, 0.9)
+    records = [make_record("gw", i, cheap if i % 2 else premium, rng, start_s=i * 0.1) for i in range(20)]
+    run = RunInfo(
+        run_id="gw", started_at=time.time(), endpoint="gateway", workload="gateway", profile={"kind": "gateway"},
+        config={"endpoints": {"cheap": {"name": "cheap", "model": "c"}, "premium": {"name": "premium", "model": "p"}}},
+        versions={}, host={},
+    )  # fmt: skip
+    store.create_run(run)
+    store.add_records(records)
+    store.finish_run("gw", "complete", None, time.time())
+    data = htmlreport.collect_report(store)
+    assert set(data.ttft_ms) == set(data.e2e_ms) == {"cheap", "premium"}
+    assert data.endpoints() == ["cheap", "premium"]
+    assert {r.endpoint for r in data.leaderboard.overall()} == {"cheap", "premium"}

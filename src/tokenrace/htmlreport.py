@@ -24,7 +24,7 @@ from tokenrace import __version__, charts
 from tokenrace.charts import ContextBucket, Spec, SweepStep
 from tokenrace.leaderboard import Leaderboard, Row, build_leaderboard, select_runs
 from tokenrace.metrics import e2e_ms, summarize, ttft_ms
-from tokenrace.records import FAILED, OK, PHASE_WARMUP, RequestRecord, RunInfo
+from tokenrace.records import FAILED, GATEWAY_WORKLOAD, OK, PHASE_WARMUP, RequestRecord, RunInfo
 from tokenrace.store import Store, json_dumps
 
 __all__ = [
@@ -67,7 +67,9 @@ class ReportData:
         return self.leaderboard.runs
 
     def endpoints(self) -> list[str]:
-        names = {r.endpoint for r in self.leaderboard.rows} | {run.endpoint for run in self.runs}
+        # a gateway run is labelled "gateway"; its requests carry the upstream that answered
+        names = {r.endpoint for r in self.leaderboard.rows}
+        names |= {run.endpoint for run in self.runs if run.workload != GATEWAY_WORKLOAD}
         names |= {str(charts.point_attr(p, "endpoint", "")) for p in self.monitor_points}
         return sorted(names)
 
@@ -249,9 +251,9 @@ def collect_report(
             if r.status != OK:
                 continue
             if (value := ttft_ms(r)) is not None:
-                ttft.setdefault(run.endpoint, []).append(value)
+                ttft.setdefault(r.endpoint, []).append(value)
             if (value := e2e_ms(r)) is not None:
-                e2e.setdefault(run.endpoint, []).append(value)
+                e2e.setdefault(r.endpoint, []).append(value)
         rag_records = [r for r in records if r.suite == "rag"]
         if rag_records:
             rag.setdefault(run.endpoint, []).extend(rag_records)

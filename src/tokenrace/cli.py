@@ -466,9 +466,9 @@ def demo(
     store: StoreOpt = None,
     sample: Annotated[int, typer.Option("--sample", help="items per suite and model")] = 3,
     suites: Annotated[str, typer.Option("--suite", help="scored suites to run")] = DEMO_SUITES,
-    report: Annotated[
-        Path, typer.Option("--report", "-o", help="where to write the HTML report")
-    ] = Path("tokenrace-report.html"),
+    report: Annotated[Path, typer.Option("--report", "-o", help="where to write the HTML report")] = Path(
+        "tokenrace-report.html"
+    ),
 ) -> None:
     """The main job on embedded defaults: two local models, benchmarked side by side, then a leaderboard."""
     from tokenrace.bench import run_bench

@@ -381,3 +381,20 @@ def test_flushed_record_visible_to_another_connection_while_running(store: Store
             assert other.records("r") == [record]
             run = other.get_run("r")
             assert run.status == "running" and Store.is_incomplete(run)
+
+
+def _open_and_close(path: str) -> None:
+    Store.open(path).close()
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """Creation checks then creates: losers of that race must retry, not fail (seen with bench + monitor)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for round_ in range(6):
+        path = str(tmp_path / f"race{round_}.db")
+        with context.Pool(4) as pool:
+            pool.map(_open_and_close, [path] * 8)
+        with Store.open(path) as db:
+            assert db.list_runs() == []

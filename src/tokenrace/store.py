@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
+import time
 import types
 import typing
 from collections import deque
@@ -224,6 +225,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+SETUP_ATTEMPTS = 5  # opening a store another process is creating right now: see Store._setup
+
+
 class Store:
     """Runs and their request records in a SQLite file or a PostgreSQL database.
 
@@ -261,7 +265,22 @@ class Store:
         return self.engine.url.render_as_string(hide_password=True)
 
     def _setup(self) -> None:
-        """Create what is missing and refuse a store written by a newer schema."""
+        """Create what is missing and refuse a store written by a newer schema.
+
+        Another process may be creating the same store at the same moment (a benchmark starting while a
+        report or a monitor opens the file): creation checks, then creates, so the loser of that race gets
+        "already exists" (or a duplicate version row or column). The retry then finds the winner's tables.
+        """
+        for attempt in range(SETUP_ATTEMPTS):
+            try:
+                self._setup_once()
+                return
+            except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
+                if attempt == SETUP_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.02 * (attempt + 1))
+
+    def _setup_once(self) -> None:
         _metadata.create_all(self.engine)
         with self.engine.begin() as conn:
             version = conn.execute(sa.select(sa.func.max(_schema_version.c.version))).scalar()

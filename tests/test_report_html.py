@@ -207,14 +207,6 @@ def build_store(store: Store, *, per_suite: int = 12, probes: int = 24, evil: bo
         monitor_runs(store, endpoint, now - probes * 600 - 60, rng, probes)
 
 
-def _has_monitor() -> bool:
-    try:
-        import tokenrace.monitor  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture
 def full_store(store: Store) -> Store:
     build_store(store)
@@ -540,7 +532,7 @@ def test_report_renders_every_chart_offline_in_headless_chromium(full_store: Sto
                 assert chart.get_attribute("data-rendered") == "true", chart_id
                 marks = chart.locator("svg .mark-symbol path, svg .mark-line path, svg .mark-rule line").count()
                 assert marks > 0, chart_id
-            assert (specs["monitor"] is not None) == _has_monitor()
+            assert specs["monitor"] is not None
             assert page.locator("#chart-speed-price svg .mark-line path").count() == 1  # the Pareto line
             assert page.locator("#chart-ttft-cdf svg .mark-line path").count() == len(ENDPOINTS) + 1
             assert page.locator("details.suite").count() == len(SUITES)

@@ -528,19 +528,11 @@ def sweep_chart(steps: Sequence[SweepStep], colors: Mapping[str, str] | None = N
         "Throughput vs latency (load sweep)",
         "each point is one run of the sweep; latency rises sharply where the endpoint saturates",
     )
-    spec.update(
-        data={"values": values},
-        facet={
-            "column": {
-                "field": "panel",
-                "type": "nominal",
-                "title": None,
-                "sort": ["TTFT (ms)", "E2E latency (ms)"],
-            }
-        },
-        spec={
-            "width": PANEL_WIDTH,
-            "height": PANEL_HEIGHT,
+    return _side_by_side(
+        spec,
+        values,
+        ["TTFT (ms)", "E2E latency (ms)"],
+        {
             "encoding": {
                 "x": {
                     "field": "output_tps",
@@ -588,9 +580,7 @@ def sweep_chart(steps: Sequence[SweepStep], colors: Mapping[str, str] | None = N
                 },
             ],
         },
-        resolve={"scale": {"y": "independent"}},
     )
-    return spec
 
 
 # --------------------------------------------------------------------------------------------------
@@ -628,19 +618,11 @@ def context_chart(buckets: Sequence[ContextBucket], colors: Mapping[str, str] | 
         "Speed and TTFT vs context length (rag suite)",
         "one point per context bucket; x is the mean prompt length of the bucket's completed requests",
     )
-    spec.update(
-        data={"values": values},
-        facet={
-            "column": {
-                "field": "panel",
-                "type": "nominal",
-                "title": None,
-                "sort": ["output speed p50 (tok/s)", "TTFT p50 (ms)"],
-            }
-        },
-        spec={
-            "width": PANEL_WIDTH,
-            "height": PANEL_HEIGHT,
+    return _side_by_side(
+        spec,
+        values,
+        ["output speed p50 (tok/s)", "TTFT p50 (ms)"],
+        {
             "mark": {"type": "line", "point": {"filled": True, "size": 60}, "strokeWidth": 2},
             "encoding": {
                 "x": {
@@ -664,6 +646,16 @@ def context_chart(buckets: Sequence[ContextBucket], colors: Mapping[str, str] | 
                 ],
             },
         },
+    )
+
+
+def _side_by_side(spec: Spec, values: list[Spec], order: list[str], panel: Spec) -> Spec:
+    """``values`` split by their ``panel`` field into panels left to right in ``order``, each with its own
+    y scale (milliseconds beside tokens per second); ``panel`` is the mark and encoding every panel shares."""
+    spec.update(
+        data={"values": values},
+        facet={"column": {"field": "panel", "type": "nominal", "title": None, "sort": order}},
+        spec={"width": PANEL_WIDTH, "height": PANEL_HEIGHT, **panel},
         resolve={"scale": {"y": "independent"}},
     )
     return spec

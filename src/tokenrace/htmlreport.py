@@ -24,6 +24,7 @@ from tokenrace import __version__, charts
 from tokenrace.charts import ContextBucket, Spec, SweepStep
 from tokenrace.leaderboard import Leaderboard, Row, build_leaderboard, select_runs
 from tokenrace.metrics import e2e_ms, summarize, ttft_ms
+from tokenrace.monitor import monitor_series
 from tokenrace.records import FAILED, GATEWAY_WORKLOAD, OK, PHASE_WARMUP, RequestRecord, RunInfo
 from tokenrace.store import Store, json_dumps
 
@@ -325,11 +326,7 @@ def _monitor_points(
     since_s: float | None,
     endpoints: Sequence[str] | None,
 ) -> list[Any]:
-    """The monitor's probe series, when tokenrace.monitor exists; with named runs, only those runs' probes."""
-    try:
-        from tokenrace.monitor import monitor_series  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return []
+    """The monitor's probe series; with named runs, only those runs' probes."""
     kwargs: dict[str, Any] = {"since_s": since_s, "endpoints": list(endpoints) if endpoints else None}
     if run_ids:
         kwargs["endpoints"] = sorted({run.endpoint for run in runs})

@@ -22,7 +22,7 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import TypeAdapter
 
-from tokenrace.clients import DECODERS, _StreamState
+from tokenrace.clients import DECODERS, StreamState
 from tokenrace.emulator import EmulatorProcess, output_text
 from tokenrace.gateway.translate import (
     ChatStreamFromMessages,
@@ -127,7 +127,7 @@ def openai_chunks(*deltas: dict[str, Any], finish: str = "stop", usage: dict[str
 def tokenrace_decode(api: str, raw: bytes) -> RequestRecord:
     """What tokenrace's own clients (and so the gateway's telemetry) read from a stream."""
     record = RequestRecord(run_id="r", seq=0, endpoint="e", api=api, model="m")
-    state = _StreamState(record)
+    state = StreamState(record)
     for i, (name, data) in enumerate(sse_events(raw)):
         state.event_no = i + 1
         DECODERS[api](state, float(i), name, data)

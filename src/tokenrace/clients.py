@@ -50,7 +50,7 @@ class StreamError(Exception):
         self.detail = detail
 
 
-class _StreamState:
+class StreamState:
     """What a decoder accumulates while a stream is read."""
 
     __slots__ = (
@@ -107,14 +107,14 @@ def _usage_openai(record: RequestRecord, usage: dict[str, Any]) -> None:
     record.usage_reasoning_tokens = details.get("reasoning_tokens")
 
 
-def _openai_chunk(state: _StreamState, data: bytes) -> dict[str, Any] | None:
+def _openai_chunk(state: StreamState, data: bytes) -> dict[str, Any] | None:
     """The parsed chunk, or None at ``[DONE]``; an in-stream error object ends the request."""
     if data == b"[DONE]":
         state.done = True
         return None
     chunk = orjson.loads(data)
     if "error" in chunk:
-        raise StreamError(ERR_API, _error_message(chunk))
+        raise StreamError(ERR_API, error_message(chunk))
     return chunk
 
 
@@ -127,7 +127,7 @@ def _openai_chunk_end(record: RequestRecord, choice: dict[str, Any] | None, chun
         record.server_timings = chunk["timings"]
 
 
-def _decode_openai_chat(state: _StreamState, t: float, event: str | None, data: bytes) -> None:
+def _decode_openai_chat(state: StreamState, t: float, event: str | None, data: bytes) -> None:
     chunk = _openai_chunk(state, data)
     if chunk is None:
         return
@@ -150,7 +150,7 @@ def _decode_openai_chat(state: _StreamState, t: float, event: str | None, data: 
     _openai_chunk_end(state.record, choice, chunk)
 
 
-def _decode_openai_completions(state: _StreamState, t: float, event: str | None, data: bytes) -> None:
+def _decode_openai_completions(state: StreamState, t: float, event: str | None, data: bytes) -> None:
     chunk = _openai_chunk(state, data)
     if chunk is None:
         return
@@ -163,7 +163,7 @@ def _decode_openai_completions(state: _StreamState, t: float, event: str | None,
     _openai_chunk_end(state.record, choice, chunk)
 
 
-def _decode_anthropic(state: _StreamState, t: float, event: str | None, data: bytes) -> None:
+def _decode_anthropic(state: StreamState, t: float, event: str | None, data: bytes) -> None:
     payload = orjson.loads(data) if data else {}
     kind = payload.get("type", event)
     record = state.record
@@ -205,7 +205,7 @@ def _decode_anthropic(state: _StreamState, t: float, event: str | None, data: by
     elif kind == "message_stop":
         state.done = True
     elif kind == "error":
-        raise StreamError(ERR_API, _error_message(payload))
+        raise StreamError(ERR_API, error_message(payload))
 
 
 def _anthropic_prompt_usage(record: RequestRecord, usage: dict[str, Any]) -> None:
@@ -219,14 +219,14 @@ def _anthropic_prompt_usage(record: RequestRecord, usage: dict[str, Any]) -> Non
         record.usage_cached_tokens = usage.get("cache_read_input_tokens")
 
 
-def _error_message(payload: dict[str, Any]) -> str:
+def error_message(payload: dict[str, Any]) -> str:
     error = payload.get("error")
     if isinstance(error, dict):
         return str(error.get("message") or error)[:300]
     return str(error or payload)[:300]
 
 
-Decoder = Callable[[_StreamState, float, "str | None", bytes], None]
+Decoder = Callable[[StreamState, float, "str | None", bytes], None]
 
 DECODERS: dict[str, Decoder] = {
     "openai-chat": _decode_openai_chat,
@@ -361,7 +361,7 @@ class EndpointClient:
         record.output_tokens_requested = request.max_tokens
         record.extra["prompt_id"] = request.prompt_id
         path, headers, body = build_request(self.api, self.model, request, self._api_key, self._headers)
-        state = _StreamState(record)
+        state = StreamState(record)
         response: Response | None = None
         loop_time = asyncio.get_running_loop().time
         record.sent_s = _now() - origin
@@ -437,7 +437,7 @@ class EndpointClient:
         try:
             body = await response.read_all(self.idle_timeout_s)
             try:
-                detail += ": " + _error_message(orjson.loads(body))
+                detail += ": " + error_message(orjson.loads(body))
             except (orjson.JSONDecodeError, AttributeError):
                 detail += ": " + body[:200].decode("utf-8", "replace")
         except HTTPClientError:
@@ -457,7 +457,7 @@ def _fail(record: RequestRecord, category: str, detail: str) -> None:
     record.error_detail = detail[:500]
 
 
-def _finish_text(state: _StreamState) -> None:
+def _finish_text(state: StreamState) -> None:
     """Join the text and count output tokens with the reference tokenizer (both counts are kept)."""
     record = state.record
     record.output_text = "".join(state.answer)

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from tokenrace.clients import ANTHROPIC_VERSION, StreamError, _error_message, _StreamState
+from tokenrace.clients import ANTHROPIC_VERSION, StreamError, StreamState, error_message
 from tokenrace.config import EndpointConfig, Price, redact_headers
 from tokenrace.gateway.policies import Plan
 from tokenrace.gateway.telemetry import Telemetry, cancelled, decoder_for, fill_from_json, finish_text
@@ -661,7 +661,7 @@ class Proxy:
         try:
             body = await response.read_all(up.idle_s)
             try:
-                detail += ": " + _error_message(orjson.loads(body))
+                detail += ": " + error_message(orjson.loads(body))
             except (orjson.JSONDecodeError, AttributeError, TypeError):
                 detail += ": " + body[:200].decode("utf-8", "replace")
         except HTTPClientError:
@@ -693,7 +693,7 @@ class Proxy:
         tel = self.telemetry
         origin = tel.origin
         loop_time = asyncio.get_running_loop().time
-        state = _StreamState(record)
+        state = StreamState(record)
         decode = decoder_for(up.api)
         decoder = SSEDecoder()
         framer = _Framer()
@@ -844,7 +844,7 @@ class Proxy:
         except orjson.JSONDecodeError:
             return self._fail(record, up, ERR_MALFORMED, f"response is not valid JSON: {raw[:120]!r}")
         if not isinstance(obj, dict) or obj.get("error") or obj.get("type") == "error":
-            detail = _error_message(obj) if isinstance(obj, dict) else "response is not a JSON object"
+            detail = error_message(obj) if isinstance(obj, dict) else "response is not a JSON object"
             return self._fail(record, up, ERR_API, detail)
         try:
             fill_from_json(record, up.api, obj, t)

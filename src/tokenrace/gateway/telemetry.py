@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 
 from tokenrace.bench import host_info, new_run_id, versions
-from tokenrace.clients import DECODERS, Decoder, _StreamState
+from tokenrace.clients import DECODERS, Decoder, StreamState
 from tokenrace.config import EndpointConfig, Price, RouteConfig
 from tokenrace.gateway.breaker import CircuitBreaker
 from tokenrace.gateway.livestats import LiveStats
@@ -71,7 +71,7 @@ def decoder_for(api: str) -> Decoder:
     return DECODERS[api]
 
 
-def finish_text(state: _StreamState) -> None:
+def finish_text(state: StreamState) -> None:
     """Join the text; count tokens with the reference tokenizer only where the upstream sent no usage.
 
     Benchmarks always count (they compare the two); the gateway pays for the count only when it is the

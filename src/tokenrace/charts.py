@@ -823,6 +823,11 @@ def monitor_chart(
 # Routing: quality vs strong-model share (`tokenrace router eval --png`)
 
 
+def routing_colors(names: Iterable[str]) -> dict[str, str]:
+    """A colour per router in the order given (routers, then baselines), shared by the chart and its table."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+
+
 def routing_curve_chart(curves: dict[str, tuple[list[float], list[float]]]) -> Spec | None:
     """PGR against the share of calls sent to the strong model, one line per router or baseline.
 
@@ -840,7 +845,7 @@ def routing_curve_chart(curves: dict[str, tuple[list[float], list[float]]]) -> S
     if not values:
         return None
     names = list(curves)
-    colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+    colors = routing_colors(names)
     x = {
         "field": "share",
         "type": "quantitative",

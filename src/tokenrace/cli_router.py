@@ -2,7 +2,10 @@
 
 Both commands split by SUBJECT (a router meets prompts unlike its training data in production), print APGR
 and CPT against the random/oracle/always-weak/always-strong baselines, and ``train`` saves a file that
-``gateway.difficulty`` loads (registered on ``cli.app``).
+``gateway.difficulty`` loads (registered on ``cli.app``). The outcomes come from RouteLLM's MMLU set or a JSONL
+file (``--data``), from benchmark runs of several endpoints on the same scored prompts (``--runs``), or from
+gateway calls scored through ``/v1/feedback`` (``--from-feedback``). ``eval --json FILE`` keeps the result
+with its curves for ``tokenrace report --router-eval FILE``; ``eval --html FILE`` writes that section alone.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import orjson
 import typer
 from rich.table import Table
 
-from tokenrace.cli import UserError, _user_errors, app, console
+from tokenrace.cli import StoreOpt, UserError, _user_errors, app, console
 
 router_app = typer.Typer(no_args_is_help=True, help="Weak/strong routers: evaluate on unseen subjects, train one.")
 app.add_typer(router_app, name="router")
@@ -35,6 +38,37 @@ DataOpt = Annotated[
         "\\[default: ../shared/datasets/routellm-mmlu when present]",
     ),
 ]
+RunsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--runs",
+        help="benchmark runs of different endpoints on the same scored prompts, paired by prompt (ID,ID,...); "
+        "with --from-feedback: the gateway runs to read \\[default: every gateway run]",
+    ),
+]
+FeedbackOpt = Annotated[
+    bool,
+    typer.Option(
+        "--from-feedback",
+        help="outcomes from gateway calls scored with POST /v1/feedback, paired by prompt across the endpoints "
+        "that answered (prompt texts from --prompts: gateway records do not keep them)",
+    ),
+]
+PromptsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--prompts",
+        help='JSONL prompt log for --runs / --from-feedback: {"request_id" or "prompt_id", "prompt", '
+        '"group"?} per line',
+    ),
+]
+CompareOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoints",
+        help="with --from-feedback: the endpoints to compare (a,b) \\[default: every endpoint with paired feedback]",
+    ),
+]
 TestFractionOpt = Annotated[float, typer.Option("--test-fraction", help="share of prompts in held-out subjects")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the subject split")]
 
@@ -45,6 +79,44 @@ def default_data() -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+def load_source(
+    data: Path | None,
+    *,
+    runs: str | None = None,
+    from_feedback: bool = False,
+    prompts: Path | None = None,
+    endpoints: str | None = None,
+    store: str | None = None,
+) -> Any:
+    """The outcome table of whichever source the options name: --data (default), --runs or --from-feedback."""
+    from tokenrace.routing.outcomes import from_benchmark_runs, from_gateway_feedback, load_prompt_log
+
+    if data is not None and (runs or from_feedback):
+        raise UserError("--data reads outcomes from a file: give it, or --runs / --from-feedback, not both")
+    if not runs and not from_feedback:
+        if prompts is not None or endpoints:
+            raise UserError("--prompts and --endpoints go with --runs or --from-feedback")
+        return load_table(data)
+    if endpoints and not from_feedback:
+        raise UserError("--endpoints goes with --from-feedback (with --runs, each run is one endpoint)")
+    if prompts is not None and not prompts.is_file():
+        raise UserError(f"--prompts {prompts}: not found")
+    log = load_prompt_log(prompts) if prompts is not None else None
+    from tokenrace.store import Store
+
+    with Store.open(store) as db:
+        if from_feedback:
+            return from_gateway_feedback(db, _names(runs) or None, prompts=log, endpoints=_names(endpoints) or None)
+        run_ids = _names(runs)
+        if len(run_ids) < 2:
+            raise UserError("--runs needs two or more runs of different endpoints on the same scored prompts")
+        return from_benchmark_runs(db, run_ids, texts=log.texts if log is not None else None)
 
 
 def load_table(data: Path | None) -> Any:
@@ -149,6 +221,12 @@ def held_out(table: Any, candidates: Sequence[_Candidate], test_fraction: float,
     from tokenrace.routing.evaluate import always_strong, always_weak, evaluate, oracle, random_router
     from tokenrace.routing.evaluate import split_by_subject as split
 
+    if len(table.subjects) < 2:
+        raise UserError(
+            f"all {len(table)} prompts are in one group ({table.subjects[0] if table.subjects else 'none'}): "
+            "routers are judged on groups they were not trained on; give each prompt a group "
+            '("group" in --prompts, or in the --data JSONL)'
+        )
     train, test = split(table, test_fraction, seed)
     rows = [
         _row("random", evaluate(test, random_router(test))),
@@ -197,9 +275,20 @@ def kfold(table: Any, candidates: Sequence[_Candidate], folds: int, seed: int) -
 
 
 def _describe(table: Any, data: Path | None) -> str:
-    source = table.notes.get("source", str(data))
-    dropped = table.notes.get("dropped_contaminated")
-    extra = f", {dropped} contaminated dropped" if dropped else ""
+    notes = table.notes
+    source = notes.get("source", str(data))
+    extra = ""
+    if dropped := notes.get("dropped_contaminated"):
+        extra += f", {dropped} contaminated dropped"
+    if unpaired := notes.get("unpaired"):
+        extra += f", {unpaired} prompts not scored in every run left out"
+    if "feedback_rows" in notes:
+        unusable = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in (notes.get("unusable") or {}).items())
+        extra += f"; {notes['feedback_rows']} feedback rows, {notes['used']} used" + (
+            f" (not used: {unusable})" if unusable else ""
+        )
+    if notes.get("text", "prompt") not in ("prompt", "given"):
+        extra += f"; texts: {notes['text']}"
     return (
         f"{source}: {len(table)} prompts, {len(table.subjects)} subjects{extra}; "
         f"weak {table.weak}, strong {table.strong}"
@@ -259,6 +348,43 @@ def write_png(curves: dict[str, tuple[list[float], list[float]]], directory: Pat
     return path
 
 
+def round_curves(curves: dict[str, tuple[list[float], list[float]]]) -> dict[str, list[list[float]]]:
+    """Curves for the JSON file: 6 decimals (a share of 1/n prompts needs no more), a third of the size."""
+    return {name: [[round(x, 6) for x in share], [round(y, 6) for y in pgr]] for name, (share, pgr) in curves.items()}
+
+
+def eval_document(
+    table: Any,
+    description: str,
+    result: dict[str, Any],
+    folded: list[dict[str, Any]] | None,
+    *,
+    test_fraction: float,
+    seed: int,
+    folds: int,
+) -> dict[str, Any]:
+    """The result of `router eval` as one JSON document: what `--format json` prints and `--json FILE` keeps
+    (with the curves, for `tokenrace report --router-eval` and `--html`)."""
+    from tokenrace import __version__
+    from tokenrace.htmlreport import ROUTER_EVAL_KIND
+
+    return {
+        "kind": ROUTER_EVAL_KIND,
+        "version": 1,
+        "tokenrace": __version__,
+        "generated_at": time.time(),
+        "data": description,
+        "notes": table.notes,
+        "weak": table.weak,
+        "strong": table.strong,
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "folds": folds if folded is not None else None,
+        "held_out": {**result, "curves": round_curves(result["curves"])},
+        "kfold": folded,
+    }
+
+
 @router_app.command("eval")
 def router_eval(
     data: DataOpt = None,
@@ -274,14 +400,27 @@ def router_eval(
     seed: SeedOpt = 0,
     folds: Annotated[int, typer.Option("--folds", help="also k-fold by subject with this many folds (> 1)")] = 0,
     png: Annotated[Path | None, typer.Option("--png", help="write the quality-vs-strong-share chart here")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="save the result with its curves (for `tokenrace report --router-eval FILE`)"),
+    ] = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="write a self-contained HTML page: curves and table")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+    runs: RunsOpt = None,
+    from_feedback: FeedbackOpt = False,
+    prompts: PromptsOpt = None,
+    endpoints: CompareOpt = None,
+    store: StoreOpt = None,
 ) -> None:
     """Judge routers on subjects they never saw: APGR, CPT(50%), CPT(80%) and routing latency.
 
     A named kind is fitted on the training subjects of the split (and of each fold); a FILE.npz is scored
     as saved, so its figures are honest only if it was trained without the held-out subjects
     (`router train --exclude-test-subjects` with the same --test-fraction and --seed). knn and hybrid
-    embed every prompt with MiniLM: minutes on the full MMLU set.
+    embed every prompt with MiniLM: minutes on the full MMLU set. `--json FILE` keeps the result with its
+    curves for `tokenrace report --router-eval FILE`; `--html FILE` writes the curves and table as one page.
     """
     with _user_errors():
         if fmt not in FORMATS:
@@ -290,20 +429,20 @@ def router_eval(
         names = [c.name for c in candidates]
         if len(set(names)) != len(names):
             raise UserError(f"a router was given twice: {', '.join(names)}")
-        table = load_table(data)
+        table = load_source(
+            data, runs=runs, from_feedback=from_feedback, prompts=prompts, endpoints=endpoints, store=store
+        )
         result = held_out(table, candidates, test_fraction, seed)
         folded = kfold(table, candidates, folds, seed) if folds > 1 else None
         png_path = write_png(result["curves"], png) if png is not None else None
+        doc = eval_document(
+            table, _describe(table, data), result, folded, test_fraction=test_fraction, seed=seed, folds=folds
+        )
+        written = _write_outputs(doc, json_out, html_out)
     if fmt == "json":
-        out = {
-            "data": _describe(table, data),
-            "test_fraction": test_fraction,
-            "seed": seed,
-            "held_out": {k: v for k, v in result.items() if k != "curves"},
-            "kfold": folded,
-            "png": str(png_path) if png_path else None,
-        }
-        console.print_json(orjson.dumps(out).decode())
+        out = {**doc, "held_out": {k: v for k, v in doc["held_out"].items() if k != "curves"}}
+        out.update(png=str(png_path) if png_path else None, json=written.get("json"), html=written.get("html"))
+        console.print_json(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY).decode())
         return
     console.print(_describe(table, data), highlight=False)
     _print_held_out(result, test_fraction, seed)
@@ -321,8 +460,26 @@ def router_eval(
         if any(c.file is not None for c in candidates):
             kt.caption = "a router FILE is scored as saved: folds holding subjects it was trained on flatter it"
         console.print(kt)
-    if png_path is not None:
-        console.print(f"wrote {png_path}", highlight=False)
+    for path in [png_path, *written.values()]:
+        if path is not None:
+            console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+def _write_outputs(doc: dict[str, Any], json_out: Path | None, html_out: Path | None) -> dict[str, str]:
+    """``--json`` (the document with its curves) and ``--html`` (the Routing section as its own page)."""
+    written: dict[str, str] = {}
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_bytes(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
+        written["json"] = str(json_out)
+    if html_out is not None:
+        from tokenrace.htmlreport import render_routing_html
+
+        page = render_routing_html([orjson.loads(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))])
+        html_out.parent.mkdir(parents=True, exist_ok=True)
+        html_out.write_text(page, encoding="utf-8")
+        written["html"] = str(html_out)
+    return written
 
 
 @router_app.command("train")
@@ -336,6 +493,11 @@ def router_train(
     ] = False,
     test_fraction: TestFractionOpt = 0.2,
     seed: SeedOpt = 0,
+    runs: RunsOpt = None,
+    from_feedback: FeedbackOpt = False,
+    prompts: PromptsOpt = None,
+    endpoints: CompareOpt = None,
+    store: StoreOpt = None,
 ) -> None:
     """Train a router and save it for `gateway.difficulty` (and `router eval --router FILE`).
 
@@ -344,7 +506,9 @@ def router_train(
     """
     with _user_errors():
         _check_kind(router)
-        table = load_table(data)
+        table = load_source(
+            data, runs=runs, from_feedback=from_feedback, prompts=prompts, endpoints=endpoints, store=store
+        )
         from tokenrace.routing.evaluate import split_by_subject
 
         train, _test = split_by_subject(table, test_fraction, seed)

@@ -6,6 +6,10 @@ sits in the page as JSON. ``write_pngs`` renders the very same specs to PNG with
 browser). Everything read from the store (endpoint names, models, workloads, hosts) is user input and is
 escaped before it reaches the HTML; inside the JSON, ``<``, ``>`` and ``&`` are escaped too so no value
 can close the script element that holds it.
+
+A router evaluation (``tokenrace router eval --json FILE``) adds a Routing section: the quality-vs-strong-share
+curve of each router with the random and oracle baselines, and the APGR / CPT table, with the data and split it
+was measured on (``tokenrace report --router-eval FILE``, or ``router eval --html`` for that section alone).
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ import html
 import itertools
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tokenrace import __version__, charts
 from tokenrace.charts import ContextBucket, Spec, SweepStep
-from tokenrace.leaderboard import Leaderboard, Row, build_leaderboard, select_runs
+from tokenrace.leaderboard import EmptySelectionError, Leaderboard, Row, build_leaderboard, select_runs
 from tokenrace.metrics import e2e_ms, summarize, ttft_ms
 from tokenrace.monitor import monitor_series
 from tokenrace.records import FAILED, GATEWAY_WORKLOAD, OK, PHASE_WARMUP, RequestRecord, RunInfo
@@ -30,16 +34,23 @@ from tokenrace.store import Store, json_dumps
 
 __all__ = [
     "CHARTS",
+    "ROUTER_EVAL_KIND",
     "ChartInfo",
     "NoRunsError",
     "ReportData",
     "ReportOutput",
     "chart_specs",
     "collect_report",
+    "load_router_eval",
     "render_html",
+    "render_routing_html",
+    "routing_specs",
     "write_pngs",
     "write_report",
 ]
+
+# What `tokenrace router eval --json` writes; the report refuses any other JSON.
+ROUTER_EVAL_KIND = "tokenrace-router-eval"
 
 
 class NoRunsError(LookupError):
@@ -362,13 +373,20 @@ def chart_specs(data: ReportData) -> dict[str, Spec | None]:
     return {info.chart_id: info.build(data, colors) for info in CHARTS}
 
 
-def write_pngs(data: ReportData, directory: Path, *, scale: float = 2.0) -> list[Path]:
+def write_pngs(
+    data: ReportData | None,
+    directory: Path,
+    *,
+    scale: float = 2.0,
+    routing: Sequence[Mapping[str, Any]] = (),
+) -> list[Path]:
     """Render every chart that has data to ``<directory>/<chart-id>.png`` (same specs as the HTML)."""
     import vl_convert as vlc
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for chart_id, spec in chart_specs(data).items():
+    specs = chart_specs(data) if data is not None else {}
+    for chart_id, spec in {**specs, **routing_specs(routing)}.items():
         if spec is None:
             continue
         path = directory / f"{chart_id}.png"
@@ -611,6 +629,178 @@ def _notes(data: ReportData) -> dict[str, str]:
     return notes
 
 
+# --------------------------------------------------------------------------------------------------
+# Routing: router evaluations written by `tokenrace router eval --json`
+
+
+def load_router_eval(path: Path) -> dict[str, Any]:
+    """A ``router eval --json`` file, checked enough that the section cannot fail half way."""
+    import orjson
+
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"--router-eval {path}: {exc.strerror or exc}") from None
+    except orjson.JSONDecodeError:
+        raise ValueError(f"--router-eval {path}: not JSON") from None
+    held = doc.get("held_out") if isinstance(doc, dict) else None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("kind") != ROUTER_EVAL_KIND
+        or not isinstance(held, dict)
+        or not isinstance(held.get("rows"), list)
+        or not isinstance(held.get("curves"), dict)
+    ):
+        raise ValueError(f"--router-eval {path}: not a `tokenrace router eval --json FILE` result")
+    return doc
+
+
+def _routing_ids(count: int) -> list[str]:
+    """Stable chart ids: ``routing`` for the first evaluation, ``routing-2``... for the next ones."""
+    return ["routing" if i == 0 else f"routing-{i + 1}" for i in range(count)]
+
+
+def _curves(doc: Mapping[str, Any]) -> dict[str, tuple[list[float], list[float]]]:
+    return {str(name): (list(xy[0]), list(xy[1])) for name, xy in doc["held_out"]["curves"].items()}
+
+
+def routing_specs(docs: Sequence[Mapping[str, Any]]) -> dict[str, Spec | None]:
+    """Chart id -> the quality-vs-strong-share chart of each evaluation (the same spec as its PNG)."""
+    return {
+        chart_id: charts.routing_curve_chart(_curves(doc))
+        for chart_id, doc in zip(_routing_ids(len(docs)), docs, strict=True)
+    }
+
+
+_ROUTING_COLUMNS = (
+    ("router", "", "a router fitted on the training subjects (or a saved FILE.npz, scored as saved), or a baseline"),
+    ("APGR", "area", "area under the PGR curve over the strong-call share 0…1 (random 0.5)"),
+    ("CPT(50%)", "strong calls", "smallest share of strong calls that recovers 50% of the weak→strong gap"),
+    ("CPT(80%)", "strong calls", "smallest share of strong calls that recovers 80% of the weak→strong gap"),
+    ("routing", "p50 / p99 ms", "wall time of one routing decision, one prompt per call"),
+)
+_BASELINES = {
+    "random": "exact expectation over random orders",
+    "oracle": "knows each prompt's outcome",
+}
+
+
+def _fraction(value: Any) -> str:
+    return "–" if value is None else f"{float(value):.1%}"
+
+
+def _routing_table(doc: Mapping[str, Any], colors: Mapping[str, str]) -> str:
+    held = doc["held_out"]
+    kfold = {str(r.get("router")): r for r in doc.get("kfold") or [] if isinstance(r, dict)}
+    columns = list(_ROUTING_COLUMNS)
+    if kfold:
+        folds = doc.get("folds")
+        label = f"{folds} folds" if folds else "k-fold"
+        columns.append(("APGR", f"{label}, mean ± std", "APGR over folds of subjects: each fold held out in turn"))
+    head = "".join(
+        f'<th title="{_esc(tip)}">{_esc(name)}' + (f'<span class="unit">{_esc(unit)}</span>' if unit else "") + "</th>"
+        for name, unit, tip in columns
+    )
+    body = []
+    for row in held["rows"]:
+        name = str(row.get("router"))
+        baseline = name in _BASELINES
+        sub = f'<span class="sub">{_esc(_BASELINES[name])}</span>' if baseline else ""
+        p50, p99 = row.get("p50_ms"), row.get("p99_ms")
+        latency = "–" if p50 is None else f"{float(p50):.2f} / {float(p99):.2f}" if p99 is not None else f"{p50:.2f}"
+        cells = [
+            f'<td class="name"><span class="swatch" style="background:{colors.get(name, "#888")}"></span>'
+            f"{_esc(name)}{sub}</td>",
+            f"<td>{float(row['apgr']):.4f}</td>",
+            f"<td>{_fraction(row.get('cpt50'))}</td>",
+            f"<td>{_fraction(row.get('cpt80'))}</td>",
+            f"<td>{latency}</td>",
+        ]
+        if kfold:
+            fold = kfold.get(name)
+            cells.append(
+                f"<td>{float(fold['apgr']):.4f} ± {float(fold['apgr_std']):.4f}</td>" if fold else "<td>–</td>"
+            )
+        body.append(f'<tr class="{"baseline" if baseline else ""}" data-router="{_esc(name)}">{"".join(cells)}</tr>')
+    ends = []
+    for name, apgr, cpt, quality in (
+        ("always-weak", "–", "never", held.get("always_weak_quality")),
+        ("always-strong", "–", "100.0%", held.get("always_strong_quality")),
+    ):
+        q = f'<span class="sub">quality {float(quality):.4f}</span>' if quality is not None else ""
+        ends.append(
+            f'<tr class="baseline" data-router="{name}"><td class="name"><span class="swatch" '
+            f'style="background:{colors.get(name, "#888")}"></span>{name}{q}</td><td>{apgr}</td><td>{cpt}</td>'
+            f"<td>{cpt}</td><td>–</td>" + ("<td>–</td>" if kfold else "") + "</tr>"
+        )
+    return (
+        f'<div class="table-wrap"><table class="board routing"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}{''.join(ends)}</tbody></table></div>"
+    )
+
+
+def _count(n: Any, noun: str) -> str:
+    n = int(n)
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _routing_facts(doc: Mapping[str, Any]) -> str:
+    held = doc["held_out"]
+    train, test = held.get("train") or {}, held.get("test") or {}
+    subjects = [str(s) for s in test.get("subjects") or []]
+    shown = ", ".join(_esc(s) for s in subjects[:20]) + (
+        f" and {len(subjects) - 20} more" if len(subjects) > 20 else ""
+    )
+    facts = [
+        ("data", _esc(doc.get("data", "?"))),
+        (
+            "pair",
+            f"weak <code>{_esc(doc.get('weak', '?'))}</code>, strong <code>{_esc(doc.get('strong', '?'))}</code>",
+        ),
+        (
+            "split",
+            f"by subject, test fraction {_esc(doc.get('test_fraction', '?'))}, seed {_esc(doc.get('seed', '?'))}: "
+            f"trained on {_count(train.get('prompts', 0), 'prompt')} / {_count(train.get('subjects', 0), 'subject')}, "
+            f"judged on {_count(test.get('prompts', 0), 'prompt')} / {_count(len(subjects), 'subject')} ({shown})",
+        ),
+    ]
+    when = doc.get("generated_at")
+    if isinstance(when, int | float):
+        facts.append(("measured", f"{_utc(float(when))} by tokenrace {_esc(doc.get('tokenrace', '?'))}"))
+    return '<dl class="facts compact">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
+
+
+def _routing_section(docs: Sequence[Mapping[str, Any]], specs: Mapping[str, Spec | None]) -> str:
+    """One card: what the curves mean, then per evaluation its facts, its chart and its table."""
+    parts = []
+    for chart_id, doc in zip(_routing_ids(len(docs)), docs, strict=True):
+        colors = charts.routing_colors(_curves(doc))
+        title = f"<h3>{_esc(doc.get('data', 'router evaluation'))}</h3>" if len(docs) > 1 else ""
+        chart = (
+            f'<div class="chart" id="chart-{chart_id}" data-chart="{chart_id}"></div>'
+            if specs.get(chart_id) is not None
+            else f'<div class="chart empty" id="chart-{chart_id}" data-chart="{chart_id}" data-empty="true">'
+            "<p>No curve in this evaluation.</p></div>"
+        )
+        parts.append(
+            f'<div class="routing-eval" data-eval="{chart_id}">{title}{_routing_facts(doc)}{chart}'
+            f"{_routing_table(doc, colors)}</div>"
+        )
+    return (
+        '<section id="section-routing" class="card chart-section" data-section="routing"><h2>Routing</h2>'
+        '<p class="caption">Weak/strong routers judged on subjects they never saw. Each curve sweeps a router\'s '
+        "threshold: the share of calls sent to the strong model against the share of the weak→strong quality gap "
+        "recovered (PGR). The random router is the diagonal and the oracle the best any router can do; higher and "
+        "further left is better.</p>"
+        + "".join(parts)
+        + '<p class="definition"><strong>Definition.</strong> PGR(x) = (q(x) − q_weak) / (q_strong − q_weak), '
+        "where q(x) is the mean score when the share x of prompts with the highest router scores goes to the "
+        "strong model (tied scores count with their block's mean gain); APGR = its area over x in [0, 1]; "
+        "CPT(p) = the smallest x with PGR(x) ≥ p. Details in docs/metrics.md.</p>"
+        '<p class="source">Data from <code>tokenrace router eval --json FILE</code>.</p></section>'
+    )
+
+
 _CSS = """
 :root { --ink:#1d2330; --muted:#5f6878; --line:#e3e6eb; --bg:#f5f6f8; --card:#fff; --accent:#0072B2; }
 * { box-sizing: border-box; }
@@ -657,6 +847,9 @@ details.suite[open] { padding-bottom:10px; }
   padding:2px 16px; }
 .vega-embed { max-width:100%; }
 #vg-tooltip-element { font-family:inherit; font-size:13px; }
+.facts.compact { grid-template-columns:80px 1fr; padding:10px 14px; margin:10px 0 12px; font-size:13.5px; }
+.routing-eval { margin:8px 0 20px; }
+.board tr.baseline td { color:var(--muted); }
 footer { max-width:1200px; margin:0 auto; padding:8px 24px 36px; color:var(--muted); font-size:13px; }
 """
 
@@ -676,20 +869,43 @@ Promise.allSettled(jobs).then(() => { document.body.dataset.chartsDone = "true";
 """
 
 
-def render_html(data: ReportData) -> str:
-    """The whole report as one self-contained HTML document (no network access needed to view it)."""
+def render_html(data: ReportData, routing: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The whole report as one self-contained HTML document (no network access needed to view it).
+
+    ``routing``: router evaluations (``load_router_eval``) shown in a Routing section after the charts.
+    """
     colors = data.colors()
     specs = chart_specs(data)
     notes = _notes(data)
     sections = "".join(_chart_section(info, specs[info.chart_id], notes.get(info.chart_id, "")) for info in CHARTS)
-    drawable = {chart_id: spec for chart_id, spec in specs.items() if spec is not None}
+    if routing:
+        routing_charts = routing_specs(routing)
+        sections += _routing_section(routing, routing_charts)
+        specs = {**specs, **routing_charts}
     title = f"tokenrace report — {', '.join(colors)}" if len(colors) <= 4 else "tokenrace report"
+    return _page(title, f"{_header(data, colors)}<main>{_leaderboard_section(data, colors)}{sections}</main>", specs)
+
+
+def render_routing_html(routing: Sequence[Mapping[str, Any]]) -> str:
+    """A report of router evaluations alone (``router eval --html``): the same Routing section, self-contained."""
+    specs = routing_specs(routing)
+    header = (
+        "<header><h1>tokenrace router evaluation</h1>"
+        f'<p class="lede">{len(routing)} evaluation{"s" if len(routing) != 1 else ""} · '
+        f"generated {_utc(time.time())} by tokenrace {_esc(__version__)}</p></header>"
+    )
+    return _page("tokenrace router evaluation", f"{header}<main>{_routing_section(routing, specs)}</main>", specs)
+
+
+def _page(title: str, body: str, specs: Mapping[str, Spec | None]) -> str:
+    """The document around ``body``: styles, the chart specs as JSON, the embedded Vega bundle, the renderer."""
+    drawable = {chart_id: spec for chart_id, spec in specs.items() if spec is not None}
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<meta name="generator" content="tokenrace {_esc(__version__)}">'
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
-        f"{_header(data, colors)}<main>{_leaderboard_section(data, colors)}{sections}</main>"
+        f"{body}"
         "<footer>Made with tokenrace. Charts: Vega-Lite, embedded; this file needs no network. "
         "<noscript>JavaScript is off: the charts cannot be drawn (`tokenrace report --png DIR` writes them as "
         "images).</noscript></footer>"
@@ -704,7 +920,7 @@ def render_html(data: ReportData) -> str:
 class ReportOutput:
     html: Path  # absolute
     pngs: list[Path]
-    data: ReportData
+    data: ReportData | None  # None: a report of router evaluations alone (no run selected)
 
 
 def write_report(
@@ -715,11 +931,22 @@ def write_report(
     since_s: float | None = None,
     endpoints: Sequence[str] | None = None,
     png_dir: Path | None = None,
+    routing: Sequence[Mapping[str, Any]] = (),
 ) -> ReportOutput:
-    """Collect, render and write the report (and the PNGs when ``png_dir`` is given)."""
-    data = collect_report(store, run_ids=run_ids, since_s=since_s, endpoints=endpoints)
+    """Collect, render and write the report (and the PNGs when ``png_dir`` is given).
+
+    With ``routing`` (router evaluations) and no run selected, the report is the Routing section alone
+    (``data`` is None) rather than an error: the evaluation does not come from the store.
+    """
+    try:
+        data: ReportData | None = collect_report(store, run_ids=run_ids, since_s=since_s, endpoints=endpoints)
+    except (NoRunsError, EmptySelectionError):
+        if not routing:
+            raise
+        data = None
     output = output.expanduser().resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render_html(data), encoding="utf-8")
-    pngs = write_pngs(data, png_dir.expanduser().resolve()) if png_dir is not None else []
+    page = render_html(data, routing) if data is not None else render_routing_html(routing)
+    output.write_text(page, encoding="utf-8")
+    pngs = write_pngs(data, png_dir.expanduser().resolve(), routing=routing) if png_dir is not None else []
     return ReportOutput(html=output, pngs=pngs, data=data)

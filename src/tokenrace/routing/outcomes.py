@@ -2,14 +2,16 @@
 
 An :class:`OutcomeTable` holds, for each prompt, its text, its group (the subject or suite: routers are
 judged on groups they never saw, so the group must travel with the prompt) and one score per model in
-[0, 1] (1 = correct). Three sources fill it: RouteLLM's MMLU outcomes (``load_routellm_mmlu``), a generic
-JSONL file (``from_jsonl``) and tokenrace's own benchmark runs of several endpoints on the same scored
-prompts (``from_benchmark_runs``).
+[0, 1] (1 = correct). Four sources fill it: RouteLLM's MMLU outcomes (``load_routellm_mmlu``), a generic
+JSONL file (``from_jsonl``), tokenrace's own benchmark runs of several endpoints on the same scored
+prompts (``from_benchmark_runs``) and gateway traffic that received ``POST /v1/feedback`` scores
+(``from_gateway_feedback``).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +23,16 @@ import numpy as np
 if TYPE_CHECKING:
     from tokenrace.store import Store
 
-__all__ = ["OutcomeTable", "from_benchmark_runs", "from_jsonl", "load_routellm_mmlu"]
+__all__ = [
+    "OutcomeTable",
+    "PromptLog",
+    "from_benchmark_runs",
+    "from_gateway_feedback",
+    "from_jsonl",
+    "load_prompt_log",
+    "load_routellm_mmlu",
+    "prompt_fingerprint",
+]
 
 ROUTELLM_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 ROUTELLM_STRONG = "gpt-4-1106-preview"
@@ -298,3 +309,174 @@ def from_benchmark_runs(
             "text": "given" if texts else "prompt_id",
         },
     )
+
+
+def prompt_fingerprint(text: str) -> str:
+    """The key two calls with the same prompt share: the first 16 hex digits of the text's SHA-256.
+
+    The text is the last user message (what a router scores, ``routing.estimator.last_user_text``). A
+    gateway record that carries ``extra["prompt_sha256"]`` must have computed it this way.
+    """
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class PromptLog:
+    """Prompt texts (and optionally groups) a client kept beside the calls it made, by request id.
+
+    The gateway's records do not keep the prompt, so the client that sends ``/v1/feedback`` (it has the
+    ``x-tokenrace-request-id`` of each call and knows what it asked) is where the text comes from. Benchmark
+    prompts are keyed by their ``prompt_id`` instead.
+    """
+
+    texts: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)
+
+
+def load_prompt_log(path: str | Path) -> PromptLog:
+    """A JSONL prompt log: ``{"request_id" | "prompt_id": ..., "prompt": "...", "group": "..."}`` per line.
+
+    ``request_id`` is a gateway call's ``x-tokenrace-request-id``; ``prompt_id`` a benchmark record's
+    ``extra["prompt_id"]``. ``group`` (the subject the prompt belongs to) is optional.
+    """
+    file = Path(path)
+    log = PromptLog()
+    with file.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{file}:{number}: not JSON ({exc.msg})") from None
+            key = obj.get("request_id", obj.get("prompt_id")) if isinstance(obj, dict) else None
+            if not isinstance(key, str) or not key or not isinstance(obj.get("prompt"), str):
+                raise ValueError(f"{file}:{number}: needs a 'request_id' (or 'prompt_id') and a 'prompt' string")
+            log.texts[key] = obj["prompt"]
+            if obj.get("group") is not None:
+                log.groups[key] = str(obj["group"])
+    if not log.texts:
+        raise ValueError(f"{file}: no prompt lines")
+    return log
+
+
+# Why a feedback score did not make it into the table (the keys of notes["unusable"]).
+_SUPERSEDED = "superseded"  # an older score of a request that was scored again (the latest wins)
+_NO_RECORD = "no_record"  # the request's record is not in the store (never written, or another store)
+_NO_PROMPT = "no_prompt"  # neither the record nor the prompt log says what the prompt was
+_ONE_ENDPOINT = "single_endpoint"  # every scored answer to that prompt came from one endpoint
+_NOT_CHOSEN = "endpoint_not_chosen"  # answered by an endpoint outside ``endpoints``
+_INCOMPLETE_ROW = "missing_endpoint"  # the prompt lacks a scored answer from one of the chosen endpoints
+
+
+def from_gateway_feedback(
+    store: Store,
+    run_ids: Sequence[str] | None = None,
+    *,
+    prompts: PromptLog | None = None,
+    endpoints: Sequence[str] | None = None,
+) -> OutcomeTable:
+    """Gateway calls that received feedback, paired by prompt across the endpoints that answered them.
+
+    Reads the gateway runs ``run_ids`` (default: every gateway run in the store). A feedback score belongs to
+    the request's record: its ``endpoint`` (the upstream that answered) is the model, the latest score per
+    request wins, and several scored answers of one endpoint to one prompt are averaged. A prompt is
+    identified by, in order: the client's ``prompts`` log (request id → text; a gateway record does not keep
+    the prompt), else ``extra["prompt"]`` / ``extra["prompt_sha256"]`` where a gateway stored them (see
+    :func:`prompt_fingerprint`). Its group is the log's ``group``, else ``"gateway"``.
+
+    A row needs a scored answer from each of ``endpoints`` (default: every endpoint with a usable score);
+    ``notes`` counts the feedback rows read, those used, and why the others were not (``notes["unusable"]``:
+    superseded, no_record, no_prompt, single_endpoint, endpoint_not_chosen, missing_endpoint).
+    """
+    from tokenrace.records import GATEWAY_WORKLOAD
+
+    if run_ids:
+        runs = [store.get_run(run_id) for run_id in run_ids]
+    else:
+        runs = [r for r in store.list_runs(limit=None) if r.workload == GATEWAY_WORKLOAD]
+        if not runs:
+            raise ValueError(f"{store.location} has no gateway runs (`tokenrace serve` records one per process)")
+    log = prompts or PromptLog()
+    unusable = dict.fromkeys((_SUPERSEDED, _NO_RECORD, _NO_PROMPT, _ONE_ENDPOINT, _NOT_CHOSEN, _INCOMPLETE_ROW), 0)
+    read = 0
+    # prompt key -> endpoint -> scores of its answers; and what each key looks like
+    scored: dict[str, dict[str, list[float]]] = {}
+    text_of: dict[str, str] = {}
+    group_of: dict[str, str] = {}
+    for run in sorted(runs, key=lambda r: (r.started_at, r.run_id)):
+        rows = store.feedback(run.run_id)
+        read += len(rows)
+        latest = {f.request_id: f.score for f in rows}  # oldest first: the latest score per request wins
+        unusable[_SUPERSEDED] += len(rows) - len(latest)
+        if not latest:
+            continue
+        by_request = {str(r.extra.get("request_id")): r for r in store.records(run.run_id)}
+        for request_id, score in latest.items():
+            record = by_request.get(request_id)
+            if record is None:
+                unusable[_NO_RECORD] += 1
+                continue
+            text = log.texts.get(request_id)
+            if text is None:
+                stored = record.extra.get("prompt")
+                text = stored if isinstance(stored, str) else None
+            if text is not None:
+                key = prompt_fingerprint(text)
+            elif isinstance(record.extra.get("prompt_sha256"), str):
+                key = record.extra["prompt_sha256"]
+            else:
+                unusable[_NO_PROMPT] += 1
+                continue
+            if text is not None:
+                text_of[key] = text
+            if request_id in log.groups:
+                group_of[key] = log.groups[request_id]
+            scored.setdefault(key, {}).setdefault(record.endpoint, []).append(float(score))
+    shared = {key: answers for key, answers in scored.items() if len(answers) >= 2}
+    for answers in scored.values():
+        if len(answers) < 2:
+            unusable[_ONE_ENDPOINT] += sum(len(v) for v in answers.values())
+    available = sorted({endpoint for answers in shared.values() for endpoint in answers})
+    chosen = tuple(endpoints) if endpoints else tuple(available)
+    if len(chosen) < 2 or len(set(chosen)) != len(chosen):
+        found = ", ".join(available) or "none"
+        raise ValueError(
+            f"gateway feedback pairs need two distinct endpoints (chosen: {', '.join(chosen) or 'none'}; "
+            f"endpoints with a prompt also scored on another: {found}); {_explain(read, unusable)}"
+        )
+    keys: list[str] = []
+    for key in sorted(shared):
+        answers = shared[key]
+        outside = sum(len(v) for endpoint, v in answers.items() if endpoint not in chosen)
+        unusable[_NOT_CHOSEN] += outside
+        if all(endpoint in answers for endpoint in chosen):
+            keys.append(key)
+        else:
+            unusable[_INCOMPLETE_ROW] += sum(len(v) for endpoint, v in answers.items() if endpoint in chosen)
+    if not keys:
+        raise ValueError(
+            f"no prompt has feedback on answers from each of {', '.join(chosen)}; {_explain(read, unusable)}"
+        )
+    used = sum(len(shared[key][endpoint]) for key in keys for endpoint in chosen)
+    with_text = sum(1 for key in keys if key in text_of)
+    return OutcomeTable(
+        prompts=[text_of.get(key, key) for key in keys],
+        groups=np.array([group_of.get(key, "gateway") for key in keys], dtype=object),
+        models=chosen,
+        scores=np.array([[float(np.mean(shared[key][m])) for m in chosen] for key in keys], dtype=np.float64),
+        ids=keys,
+        notes={
+            "source": "gateway feedback in runs " + ", ".join(run.run_id for run in runs),
+            "feedback_rows": read,
+            "used": used,
+            "unusable": {reason: n for reason, n in unusable.items() if n},
+            # a prompt known only by its fingerprint stands in for its text (fine for pairing, not for training)
+            "text": "prompt" if with_text == len(keys) else f"prompt for {with_text} of {len(keys)}, else fingerprint",
+        },
+    )
+
+
+def _explain(read: int, unusable: Mapping[str, int]) -> str:
+    reasons = ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in unusable.items() if n)
+    return f"{read} feedback rows read" + (f" (not usable: {reasons})" if reasons else "")

@@ -25,7 +25,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from tokenrace.config import Config
 from tokenrace.emulator import EmulatorProcess, output_text
 from tokenrace.gateway.app import GatewayApp
-from tokenrace.records import ERR_CANCELLED, ERR_STREAM_CUT, FAILED, INCOMPLETE, OK, RequestRecord
+from tokenrace.gateway.server import GatewayServer
+from tokenrace.records import (
+    ERR_CANCELLED,
+    ERR_MALFORMED,
+    ERR_STALL,
+    ERR_STREAM_CUT,
+    FAILED,
+    INCOMPLETE,
+    OK,
+    RequestRecord,
+)
 from tokenrace.store import Store
 
 GATEWAY_KEY = "tr-gateway-key-5b1f0c9e7d"
@@ -35,20 +45,27 @@ BROKE_KEY = "tr-spent-key-31c07e"
 
 
 class Gateway:
-    """The app served by uvicorn on a free port in a background thread."""
+    """The app on a free port in a background thread: served by ``tokenrace serve``'s own server, or by
+    uvicorn (the app is plain ASGI; streams then go through ``send`` instead of the direct path)."""
 
-    def __init__(self, config: dict[str, Any], store: Store, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: dict[str, Any], store: Store, environ: dict[str, str] | None = None, server: str = "tokenrace"
+    ) -> None:
         self.store = store
         self.app = GatewayApp(Config.model_validate(config), store, environ=environ or {})
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.app, loop="uvloop", http="httptools", lifespan="on", log_level="warning", access_log=False
+        self.server: Any
+        if server == "uvicorn":
+            self.server = uvicorn.Server(
+                uvicorn.Config(
+                    self.app, loop="uvloop", http="httptools", lifespan="on", log_level="warning", access_log=False
+                )
             )
-        )
+        else:
+            self.server = GatewayServer(self.app, graceful_s=5.0)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 10
@@ -92,7 +109,10 @@ class Gateway:
             conn.close()
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        if isinstance(self.server, GatewayServer):
+            self.server.request_exit()
+        else:
+            self.server.should_exit = True
         self.thread.join(15)
 
 
@@ -101,10 +121,10 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     started: list[Gateway] = []
     stores: list[Store] = []
 
-    def start(config: dict[str, Any], environ: dict[str, str] | None = None) -> Gateway:
+    def start(config: dict[str, Any], environ: dict[str, str] | None = None, server: str = "tokenrace") -> Gateway:
         store = Store.open(str(tmp_path / f"gateway{len(stores)}.db"))
         stores.append(store)
-        gw = Gateway(config, store, environ)
+        gw = Gateway(config, store, environ, server)
         started.append(gw)
         return gw
 
@@ -125,14 +145,16 @@ CHAT = [{"role": "user", "content": "say something nice"}]
 # --- the SDKs, unchanged, through the gateway ---------------------------------------------------------
 
 
-def test_openai_sdk_both_upstream_apis(emulator, gateway) -> None:
+@pytest.mark.parametrize("server", ["tokenrace", "uvicorn"])
+def test_openai_sdk_both_upstream_apis(emulator, gateway, server) -> None:
     oa = emulator(api="openai", ttft_ms=5, itl_ms=1, tokens=12)
     an = emulator(api="anthropic", ttft_ms=5, itl_ms=1, tokens=9)
     gw = gateway(
         {
             "endpoints": [_ep("oa", oa, price={"input": 1.0, "output": 2.0}), _ep("an", an, "anthropic-messages")],
             "routes": [{"name": "chat", "endpoints": ["oa", "an"]}],
-        }
+        },
+        server=server,
     )
     client = gw.openai()
     raw = client.chat.completions.with_raw_response.create(model="chat", messages=CHAT, max_tokens=50)
@@ -290,7 +312,8 @@ def test_fallback_when_stream_cut_before_first_token(emulator, gateway) -> None:
     assert record.endpoint == "good" and record.extra["attempts"] == [{"endpoint": "cut", "error": ERR_STREAM_CUT}]
 
 
-def test_cut_after_first_token_is_an_error_not_a_success(emulator, gateway) -> None:
+@pytest.mark.parametrize("server", ["tokenrace", "uvicorn"])
+def test_cut_after_first_token_is_an_error_not_a_success(emulator, gateway, server) -> None:
     cut = emulator(api="openai", faults={"cut": 1.0}, tokens=20, ttft_ms=1, itl_ms=1)
     cut_an = emulator(api="anthropic", faults={"cut": 1.0}, tokens=20, ttft_ms=1, itl_ms=1)
     good = emulator(api="openai", tokens=3)
@@ -298,7 +321,8 @@ def test_cut_after_first_token_is_an_error_not_a_success(emulator, gateway) -> N
         {
             "endpoints": [_ep("cut", cut), _ep("cut_an", cut_an, "anthropic-messages"), _ep("good", good)],
             "routes": [{"name": "r", "endpoints": ["cut", "good"]}],
-        }
+        },
+        server=server,
     )
     seen: list[str] = []
     with pytest.raises(openai.APIError, match=r"connection closed mid-body"):
@@ -366,9 +390,10 @@ def test_breaker_opens_refuses_then_closes(emulator, gateway) -> None:
     assert records[2].http_status == 503 and records[2].error_detail.endswith("no upstream tried")
 
 
-def test_client_disconnect_cancels_upstream(emulator, gateway) -> None:
+@pytest.mark.parametrize("server", ["tokenrace", "uvicorn"])
+def test_client_disconnect_cancels_upstream(emulator, gateway, server) -> None:
     emu = emulator(api="openai", ttft_ms=1, itl_ms=10, tokens=300)  # 3 s of stream
-    gw = gateway({"endpoints": [_ep("a", emu)]})
+    gw = gateway({"endpoints": [_ep("a", emu)]}, server=server)
     pool = gw.app.proxy.upstreams["a"].pool
     stream = gw.openai().chat.completions.create(model="a", messages=CHAT, stream=True)
     got = 0
@@ -389,6 +414,60 @@ def test_client_disconnect_cancels_upstream(emulator, gateway) -> None:
         time.sleep(0.01)
     assert not pool._all  # the upstream connection was aborted, not left to finish
     assert gw.app.stats.get("a").in_flight == 0
+
+
+@pytest.mark.parametrize("server", ["tokenrace", "uvicorn"])
+def test_malformed_or_stalled_after_first_token_ends_with_an_error_event(emulator, gateway, server) -> None:
+    bad = emulator(api="openai", faults={"malformed": 1.0}, tokens=20, ttft_ms=1, itl_ms=1)
+    stall = emulator(api="openai", faults={"stall": 1.0}, tokens=20, ttft_ms=1, itl_ms=1, stall_s=5)
+    gw = gateway(
+        {"endpoints": [_ep("bad", bad), _ep("stall", stall, timeouts={"idle_s": 0.3})]},
+        server=server,
+    )
+    for model, message in (("bad", r"upstream bad: event \d+ is not valid JSON"), ("stall", "no bytes within 0.3 s")):
+        seen: list[str] = []
+        with pytest.raises(openai.APIError, match=message):
+            for chunk in gw.openai().chat.completions.create(model=model, messages=CHAT, stream=True):
+                if chunk.choices:
+                    seen.append(chunk.choices[0].delta.content or "")
+        assert 0 < len("".join(seen)) < len(output_text(20))
+    records = gw.wait_records(2)
+    assert [(r.endpoint, r.status, r.error_category) for r in records] == [
+        ("bad", FAILED, ERR_MALFORMED),
+        ("stall", FAILED, ERR_STALL),
+    ]
+    assert all(0 < len(r.token_times_s) < 20 for r in records)
+
+
+def test_a_slow_client_holds_the_upstream_back_without_a_stall(emulator, gateway) -> None:
+    """Back-pressure on the direct path: a client that stops reading pauses the upstream's reads (no
+    unbounded buffering), and the pause is not taken for the upstream stalling (idle_s is 0.5 s here)."""
+    emu = emulator(api="openai", ttft_ms=1, itl_ms=0, tokens=20000)  # ~3 MB of events at once
+    gw = gateway({"endpoints": [_ep("a", emu, timeouts={"idle_s": 0.5})]})
+    body = orjson.dumps({"model": "a", "messages": CHAT, "stream": True, "max_tokens": 20000})
+    conn = socket.socket()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+    conn.connect(("127.0.0.1", gw.port))
+    conn.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    first = conn.recv(4096)
+    assert first.startswith(b"HTTP/1.1 200")
+    time.sleep(1.5)  # three idle periods without reading
+    paused = gw.app.proxy.upstreams["a"].pool._all
+    assert any(c.response is not None and c.response._paused for c in paused)  # the upstream waits for us
+    data = bytearray(first)
+    conn.settimeout(20)
+    while not data.endswith(b"0\r\n\r\n"):
+        piece = conn.recv(1 << 20)
+        assert piece, "closed before the end"
+        data += piece
+    conn.close()
+    assert data.count(b'"content":" ') + data.count(b'"content":"') >= 20000
+    assert b"data: [DONE]" in data and b'"error"' not in data
+    (record,) = gw.wait_records(1)
+    assert record.status == OK and len(record.token_times_s) == 20000
 
 
 # --- limits, keys, telemetry ----------------------------------------------------------------------

@@ -8,18 +8,19 @@ import gc
 import signal
 import socket
 import sys
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tokenrace.cli import StoreOpt, UserError, _user_errors, app, console, err_console, run_async
+from tokenrace.cli import StoreOpt, UserError, _user_errors, app, console, run_async
 from tokenrace.config import EndpointConfig, find_config, load_config
 from tokenrace.store import Store
 
 if TYPE_CHECKING:
     from tokenrace.gateway.app import GatewayApp
+    from tokenrace.gateway.server import GatewayServer
 
+GRACEFUL_S = 5.0  # calls in flight at Ctrl-C/SIGTERM get this long to finish before they are cancelled
 SWITCH_INTERVAL_S = 0.0002  # as during a benchmark: the record writer must not hold the GIL for 5 ms
 
 
@@ -37,10 +38,9 @@ def serve(
     Every call is recorded like a benchmark request (one gateway run per process, see `tokenrace usage`);
     local engines of the config are started for the gateway's lifetime. Ctrl-C or SIGTERM stops it.
     """
-    import uvicorn
-
     from tokenrace.engines.local import running_endpoint
     from tokenrace.gateway.app import GatewayApp
+    from tokenrace.gateway.server import GatewayServer, StartupFailed
 
     with _user_errors():
         path = find_config(config)
@@ -74,26 +74,14 @@ def serve(
             console.print(f"  endpoint {name}: {ep.api} {ep.model}", highlight=False)
         if not cfg.gateway.keys:
             console.print("  no gateway keys configured: anyone who can reach the port can call it", style="yellow")
-        server = _make_server(
-            uvicorn.Config(
-                gateway,
-                loop="uvloop",
-                http="httptools",
-                lifespan="on",
-                log_level="warning",
-                access_log=False,
-                proxy_headers=False,  # no X-Forwarded-* rewriting: the gateway is the edge, and it costs per call
-                server_header=False,
-                timeout_graceful_shutdown=5,
-            )
-        )
+        server = GatewayServer(gateway, graceful_s=GRACEFUL_S)
         saved = sys.getswitchinterval()
         sys.setswitchinterval(min(saved, SWITCH_INTERVAL_S))
         _settle_heap()
         try:
             run_async(_serve(server, sock, gateway))
-        except SystemExit:  # uvicorn exits when the lifespan start-up failed; it has logged why
-            raise _fail_startup() from None
+        except StartupFailed as exc:
+            raise UserError(str(exc)) from None
         finally:
             sys.setswitchinterval(saved)
             db.close()
@@ -113,26 +101,12 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
-def _make_server(config: object) -> Any:
-    """uvicorn's Server with our signal handling: SIGINT/SIGTERM ask it to exit, and nothing is re-raised
-    afterwards (uvicorn re-sends a caught signal once it has stopped, which would kill the process before
-    the closing line is printed)."""
-    import uvicorn
-
-    class _Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield
-
-    return _Server(config)  # type: ignore[arg-type]
-
-
-async def _serve(server: Any, sock: socket.socket, gateway: GatewayApp) -> None:
+async def _serve(server: GatewayServer, sock: socket.socket, gateway: GatewayApp) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, server.handle_exit, sig, None)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+            loop.add_signal_handler(sig, server.request_exit)
+    task = asyncio.create_task(server.serve([sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
     telemetry = gateway.telemetry
@@ -149,7 +123,7 @@ async def _serve(server: Any, sock: socket.socket, gateway: GatewayApp) -> None:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """Bind before uvicorn starts, so a taken port is one clear line rather than a log message."""
+    """Bind before the server starts, so a taken port is one clear line rather than a log message."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -170,8 +144,3 @@ def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
-
-
-def _fail_startup() -> typer.Exit:
-    err_console.print("[bold red]error:[/] the gateway did not start (see the message above)", highlight=False)
-    return typer.Exit(1)

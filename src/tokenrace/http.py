@@ -19,6 +19,7 @@ import select
 import ssl
 import time
 from collections.abc import Mapping
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httptools
@@ -60,6 +61,10 @@ class _Connection(asyncio.Protocol):
             if self.response is not None:
                 self.response._fail("malformed", f"invalid HTTP from server: {exc}")
             self._abort()
+            return
+        response = self.response
+        if response is not None and response.sink is not None:
+            response.sink.read_done()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -87,8 +92,12 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         response = self.response
         if response is not None:
-            response._chunks.append((self._read_at, body))
-            response._wake()
+            sink = response.sink
+            if sink is not None:
+                sink.piece(self._read_at, body)
+            else:
+                response._chunks.append((self._read_at, body))
+                response._wake()
 
     def on_message_complete(self) -> None:
         response = self.response
@@ -119,14 +128,30 @@ class _Connection(asyncio.Protocol):
         return bool(readable)
 
 
+class BodySink(Protocol):
+    """Takes a response's body inside the connection's read callback (see :meth:`Response.wait_end`)."""
+
+    def piece(self, arrived: float, data: bytes) -> None:
+        """Body bytes that arrived at ``arrived`` (perf_counter); must not raise."""
+
+    def read_done(self) -> None:
+        """Every piece of one network read has been given (and ``complete`` is set if it ended the body)."""
+
+
 class Response:
-    """A response being received: status and headers first, then timestamped body pieces."""
+    """A response being received: status and headers first, then timestamped body pieces.
+
+    The body is read one of two ways: awaiting :meth:`next_chunks` (a task wakes up for every read), or
+    handing it to a :class:`BodySink` with :meth:`wait_end`, which processes each read in the connection's
+    callback itself (a relay that forwards every read pays no task switch per read).
+    """
 
     __slots__ = (
         "_chunks",
         "_conn",
         "_error",
         "_expiry",
+        "_paused",
         "_timer",
         "_timer_at",
         "_waiter",
@@ -135,6 +160,7 @@ class Response:
         "headers",
         "headers_at",
         "keep_alive",
+        "sink",
         "status",
     )
 
@@ -151,7 +177,9 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self._expiry: tuple[float, str, str] = (0.0, "", "")
+        self._expiry: tuple[float, str, str, float] = (0.0, "", "", 0.0)
+        self._paused = False
+        self.sink: BodySink | None = None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -164,33 +192,41 @@ class Response:
         self._wake()
 
     async def _wait(self, timeout: float, category: str, what: str) -> None:
-        # One lazily re-armed timer per response instead of a timer per wait: a stream waits once per
-        # network read, and creating and cancelling a timer each time was a visible share of its CPU.
         loop = asyncio.get_running_loop()
-        expiry = loop.time() + timeout
-        self._expiry = (expiry, category, f"no {what} within {timeout:g} s")
-        if self._timer is None or expiry < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = loop.call_at(expiry, self._check_expiry)
-            self._timer_at = expiry
+        self.set_deadline(loop.time() + timeout, category, what, timeout)
         waiter = self._waiter = loop.create_future()
         try:
             await waiter
         finally:
             self._waiter = None
 
+    def set_deadline(self, expiry: float, category: str, what: str, timeout: float) -> None:
+        """Fail a waiting reader with ``category`` ("no WHAT within TIMEOUT s") unless the body moves on by
+        ``expiry`` (loop time).
+
+        One lazily re-armed timer per response instead of a timer per wait: a stream waits once per network
+        read, and creating and cancelling a timer each time was a visible share of its CPU.
+        """
+        self._expiry = (expiry, category, what, timeout)
+        if self._timer is None or expiry < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_at(expiry, self._check_expiry)
+            self._timer_at = expiry
+
     def _check_expiry(self) -> None:
         self._timer = None
         if self._waiter is None or self.complete:
             return
         loop = asyncio.get_running_loop()
-        expiry, category, detail = self._expiry
-        if loop.time() >= expiry:
-            self._fail(category, detail)
-        else:
-            self._timer = loop.call_at(expiry, self._check_expiry)
-            self._timer_at = expiry
+        expiry, category, what, timeout = self._expiry
+        if self._paused:  # held back by our own reader (its client is slow), not by the server
+            expiry = loop.time() + 1.0
+        elif loop.time() >= expiry:
+            self._fail(category, f"no {what} within {timeout:g} s")
+            return
+        self._timer = loop.call_at(expiry, self._check_expiry)
+        self._timer_at = expiry
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -221,6 +257,54 @@ class Response:
             await self._wait(idle_timeout, category, "bytes")
         chunks, self._chunks = self._chunks, []
         return chunks
+
+    async def wait_end(self, sink: BodySink) -> None:
+        """Hand the body to ``sink`` (pieces already received first) and wait for its end.
+
+        The deadline is the sink's to keep (:meth:`set_deadline`; a first one must be set before). Raises
+        HTTPClientError for a cut stream, bad HTTP or a passed deadline; returns at the end of the body or
+        when woken early with :meth:`wake` (the sink gave up).
+        """
+        self.sink = sink
+        if self._chunks:
+            chunks, self._chunks = self._chunks, []
+            for arrived, data in chunks:
+                sink.piece(arrived, data)
+            sink.read_done()
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.complete and self.sink is sink:
+                if self._error is not None:
+                    raise self._error
+                waiter = self._waiter = loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
+        finally:
+            self.sink = None
+        if self.complete:
+            self._stop_timer()
+            self._conn.pool._release(self._conn)
+
+    def detach(self) -> None:
+        """Stop giving the body to the sink and wake :meth:`wait_end` (the sink gave up on this body)."""
+        self.sink = None
+        self._wake()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the server for now (our reader's own client is slow); deadlines wait too."""
+        transport = self._conn.transport
+        if not self._paused and transport is not None and not self._conn.closed:
+            self._paused = True
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        transport = self._conn.transport
+        if self._paused:
+            self._paused = False
+            if transport is not None and not self._conn.closed:
+                transport.resume_reading()
 
     async def read_all(self, idle_timeout: float) -> bytes:
         parts: list[bytes] = []

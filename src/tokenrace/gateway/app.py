@@ -1,7 +1,7 @@
 """The gateway's ASGI application: routes, the life cycle of a call, and the run it records into.
 
-A plain ASGI callable (no framework: a dict from path to handler) served by uvicorn on uvloop and
-httptools, one process. Routes:
+A plain ASGI callable (no framework: a dict from path to handler), served in one process by the gateway's
+own server (:mod:`tokenrace.gateway.server`, whose direct path streams use) or by any ASGI server. Routes:
 
 =========================  ===========================================================================
 ``POST /v1/chat/completions``  OpenAI chat, streamed or not
@@ -23,7 +23,7 @@ proxy answers; the reservation is settled with the real tokens and cost (or rele
 answered). Every response carries ``x-tokenrace-endpoint``, ``x-tokenrace-route-reason`` and
 ``x-tokenrace-request-id``.
 
-A client that disconnects (uvicorn reports ``http.disconnect`` to a ``receive`` waiting beside the call)
+A client that disconnects (the server reports ``http.disconnect`` to a ``receive`` waiting beside the call)
 cancels the call at once: the upstream connection is aborted and the record says ``cancelled``.
 
 Feedback is stored in the store's ``feedback`` table (request id, run id, score, key id, time), not in the
@@ -173,7 +173,7 @@ class GatewayApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
-                except Exception as exc:  # reported by uvicorn, which then exits
+                except Exception as exc:  # reported by the server, which then exits
                     await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -263,6 +263,9 @@ class GatewayApp:
             await self._refuse(send, client_api, request_id, exc)
             return
         call = Call(client_api, body, send, arrival, request_id)
+        extensions = scope.get("extensions")
+        if extensions:
+            call.direct = extensions.get("tokenrace.direct")
         call.plan = plan
         call.reason = plan.reason
         call.key_id = key.id if key is not None else None

@@ -37,6 +37,7 @@ import orjson
 from tokenrace.clients import ANTHROPIC_VERSION, StreamError, StreamState, error_message
 from tokenrace.config import EndpointConfig, Price, redact_headers
 from tokenrace.gateway.policies import Plan
+from tokenrace.gateway.server import Exchange
 from tokenrace.gateway.telemetry import Telemetry, cancelled, decoder_for, fill_from_json, finish_text
 from tokenrace.gateway.translate import (
     ChatStreamFromMessages,
@@ -257,6 +258,7 @@ class Call:
         "body",
         "client_api",
         "committed",
+        "direct",
         "disconnected",
         "done",
         "endpoint",
@@ -286,6 +288,7 @@ class Call:
         self.client_api = client_api
         self.body = body
         self.send = send
+        self.direct: Exchange | None = None  # our own server's exchange: streams are written from read callbacks
         self.arrival = arrival  # perf_counter() when the request reached the gateway
         self.request_id = request_id
         self.stream = body.get("stream") is True
@@ -459,6 +462,182 @@ def _encode_event(name: str | None, data: bytes) -> bytes:
 
 _SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
 _JSON_TYPE = (b"content-type", b"application/json")
+
+
+class _StreamRelay:
+    """What a stream does with each upstream read: frame its events, decode them into the record, and
+    translate them (or pass the bytes through); the client's bytes wait in ``held`` until the proxy sends
+    them. Both ways of reading a stream (a task per read, or the read callback) share it.
+
+    Every event is decoded as it arrives, even when the bytes pass through unchanged: a malformed or
+    error event never reaches the client as the upstream sent it, it ends the stream with the gateway's
+    error event in the client's format (decoding only at the end was measured: no saving beyond noise).
+    """
+
+    __slots__ = (
+        "decode",
+        "decoder",
+        "events_at",
+        "framer",
+        "held",
+        "origin",
+        "record",
+        "state",
+        "strip_usage",
+        "translate",
+        "translator",
+    )
+
+    def __init__(self, call: Call, up: Upstream, mode: int, record: RequestRecord, origin: float) -> None:
+        self.record = record
+        self.origin = origin
+        self.state = StreamState(record)
+        self.decode = decoder_for(up.api)
+        self.decoder = SSEDecoder()
+        self.framer = _Framer()
+        self.events_at = record.event_times_s
+        self.translator: MessagesStreamFromChat | None = None
+        translate: Any = None
+        if mode == CHAT_VIA_MESSAGES:
+            translate = ChatStreamFromMessages(up.model, call.want_usage).feed
+        elif mode == MESSAGES_VIA_CHAT:
+            self.translator = MessagesStreamFromChat(up.model)
+            translate = _data_only(self.translator.feed)
+        elif mode == COMPLETIONS_VIA_CHAT:
+            translate = _data_only(CompletionsStreamFromChat(up.model, call.want_usage).feed)
+        self.translate = translate
+        self.strip_usage = translate is None and up.api != MESSAGES and not call.want_usage
+        self.held: list[bytes] = []  # what the client gets once the first token is in
+
+    def feed(self, arrived: float, data: bytes) -> None:
+        """One network read; raises StreamError (the events before the bad one are in ``held``)."""
+        complete = self.framer.complete(data)
+        if not complete:
+            return
+        record = self.record
+        state = self.state
+        decode = self.decode
+        translate = self.translate
+        t = arrived - self.origin
+        events = self.decoder.feed(complete)
+        events_at = self.events_at
+        out: list[bytes] = []  # translated events
+        drop = -1  # index of the usage-only chunk to leave out of a pass-through
+        for i, (name, payload) in enumerate(events):
+            events_at.append(t)
+            state.event_no += 1
+            had_usage = record.usage_completion_tokens is not None
+            try:
+                decode(state, t, name, payload)
+                piece = translate(name, payload) if translate is not None else b""
+            except Exception as exc:  # bad JSON, or JSON of the wrong shape: a malformed stream
+                # The events before this one still go to the client, then the stream fails.
+                if translate is None:
+                    out = [_encode_event(n, p) for j, (n, p) in enumerate(events[:i]) if j != drop]
+                if out:
+                    self.held.append(b"".join(out))
+                if isinstance(exc, StreamError):
+                    raise
+                what = "not valid JSON" if isinstance(exc, orjson.JSONDecodeError) else "not the API's shape"
+                raise StreamError(ERR_MALFORMED, f"event {len(events_at)} is {what}: {payload[:120]!r}") from exc
+            if piece:
+                out.append(piece)
+            elif (
+                self.strip_usage
+                and not had_usage
+                and record.usage_completion_tokens is not None
+                and (b'"choices":[]' in payload or b'"choices": []' in payload)
+            ):
+                drop = i  # the usage-only chunk asked for on the client's behalf
+        if translate is not None:
+            chunk = b"".join(out)
+        elif drop >= 0:
+            chunk = b"".join(_encode_event(n, p) for j, (n, p) in enumerate(events) if j != drop)
+        else:
+            chunk = complete
+        if chunk:
+            self.held.append(chunk)
+
+    def next_wait(self, now: float, deadline_first: float, deadline_total: float, idle_s: float) -> tuple[float, str]:
+        """How long the next read may take, and what it is called if it does not come."""
+        if self.record.first_token_s is None:
+            return max(deadline_first - now, 0.001), ERR_TIMEOUT
+        if deadline_total - now > idle_s:
+            return idle_s, ERR_STALL
+        return max(deadline_total - now, 0.001), ERR_TIMEOUT
+
+    def close(self) -> bytes:
+        """The rest of the client's stream once the upstream's ended."""
+        if self.translator is not None:
+            self.held.append(self.translator.close())
+        tail = b"".join(self.held)
+        self.held = []
+        return tail
+
+
+class _DirectSink:
+    """Relays a stream inside the upstream connection's read callback, straight to the client's socket.
+
+    Each read is framed, decoded and (once the first token is in) written at once; the call's task only
+    wakes at the end. The client's back-pressure pauses the upstream's reads; a failure is kept for the
+    task and stops the relay.
+    """
+
+    __slots__ = ("call", "deadline_first", "deadline_total", "error", "proxy", "relay", "response", "up")
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        call: Call,
+        up: Upstream,
+        relay: _StreamRelay,
+        response: Response,
+        deadline_first: float,
+        deadline_total: float,
+    ) -> None:
+        self.proxy = proxy
+        self.call = call
+        self.up = up
+        self.relay = relay
+        self.response = response
+        self.deadline_first = deadline_first
+        self.deadline_total = deadline_total
+        self.error: Exception | None = None
+
+    def piece(self, arrived: float, data: bytes) -> None:
+        try:
+            self.relay.feed(arrived, data)
+        except Exception as exc:  # StreamError, or a bug: either way this stream ends here, told to the task
+            self.error = exc
+            self.response.detach()
+
+    def read_done(self) -> None:
+        relay = self.relay
+        response = self.response
+        if response.complete:
+            return  # the task sends the rest with the end of the stream
+        now = asyncio.get_running_loop().time()
+        try:
+            if relay.held and relay.record.first_token_s is not None:
+                held, relay.held = relay.held, []
+                self.proxy.write_direct(self.call, self.up, held)
+                direct = self.call.direct
+                if direct is not None and direct.paused:
+                    response.pause_reading()
+                    direct.when_writable(self._resume)
+        except Exception as exc:
+            self.error = exc
+            response.detach()
+            return
+        timeout, category = relay.next_wait(now, self.deadline_first, self.deadline_total, self.up.idle_s)
+        response.set_deadline(now + timeout, category, "bytes", timeout)
+
+    def _resume(self) -> None:
+        response = self.response
+        response.resume_reading()
+        now = asyncio.get_running_loop().time()
+        timeout, category = self.relay.next_wait(now, self.deadline_first, self.deadline_total, self.up.idle_s)
+        response.set_deadline(now + timeout, category, "bytes", timeout)
 
 
 class Proxy:
@@ -690,127 +869,89 @@ class Proxy:
         deadline_first: float,
         deadline_total: float,
     ) -> Failure | None:
-        tel = self.telemetry
-        origin = tel.origin
-        loop_time = asyncio.get_running_loop().time
-        state = StreamState(record)
-        decode = decoder_for(up.api)
-        decoder = SSEDecoder()
-        framer = _Framer()
-        events_at = record.event_times_s
-        translate: Any = None
-        if mode == CHAT_VIA_MESSAGES:
-            translate = ChatStreamFromMessages(up.model, call.want_usage).feed
-        elif mode == MESSAGES_VIA_CHAT:
-            translator = MessagesStreamFromChat(up.model)
-            translate = _data_only(translator.feed)
-        elif mode == COMPLETIONS_VIA_CHAT:
-            translate = _data_only(CompletionsStreamFromChat(up.model, call.want_usage).feed)
-        strip_usage = translate is None and up.api != MESSAGES and not call.want_usage
-        held: list[bytes] = []  # what the client gets once the first token is in
-        timeout, category = max(deadline_first - loop_time(), 0.001), ERR_TIMEOUT
+        relay = _StreamRelay(call, up, mode, record, self.telemetry.origin)
         try:
-            while pieces := await response.next_chunks(timeout, category):
-                for arrived, data in pieces:
-                    complete = framer.complete(data)
-                    if not complete:
-                        continue
-                    t = arrived - origin
-                    events = decoder.feed(complete)
-                    out: list[bytes] = []  # translated events
-                    drop = -1  # index of the usage-only chunk to leave out of a pass-through
-                    for i, (name, payload) in enumerate(events):
-                        events_at.append(t)
-                        state.event_no += 1
-                        had_usage = record.usage_completion_tokens is not None
-                        try:
-                            decode(state, t, name, payload)
-                            piece = translate(name, payload) if translate is not None else b""
-                        except Exception as exc:  # bad JSON, or JSON of the wrong shape: a malformed stream
-                            # The events before this one still go to the client, then the stream fails.
-                            if translate is None:
-                                out = [_encode_event(n, p) for j, (n, p) in enumerate(events[:i]) if j != drop]
-                            if out:
-                                held.append(b"".join(out))
-                            if isinstance(exc, StreamError):
-                                raise
-                            what = (
-                                "not valid JSON" if isinstance(exc, orjson.JSONDecodeError) else "not the API's shape"
-                            )
-                            raise StreamError(
-                                ERR_MALFORMED, f"event {len(events_at)} is {what}: {payload[:120]!r}"
-                            ) from exc
-                        if piece:
-                            out.append(piece)
-                        elif (
-                            strip_usage
-                            and not had_usage
-                            and record.usage_completion_tokens is not None
-                            and (b'"choices":[]' in payload or b'"choices": []' in payload)
-                        ):
-                            drop = i  # the usage-only chunk asked for on the client's behalf
-                    if translate is not None:
-                        chunk = b"".join(out)
-                    elif drop >= 0:
-                        chunk = b"".join(_encode_event(n, p) for j, (n, p) in enumerate(events) if j != drop)
-                    else:
-                        chunk = complete
-                    if chunk:
-                        held.append(chunk)
-                # One send per wake-up (every read it brought); the last piece waits for the end marker's send.
-                if held and record.first_token_s is not None and not response.complete:
-                    await self._emit(call, up, held)
-                    held = []
-                now = loop_time()
-                if record.first_token_s is None:
-                    timeout, category = max(deadline_first - now, 0.001), ERR_TIMEOUT
-                elif deadline_total - now > up.idle_s:
-                    timeout, category = up.idle_s, ERR_STALL
-                else:
-                    timeout, category = max(deadline_total - now, 0.001), ERR_TIMEOUT
-            record.done_s = (response.done_at or perf_counter()) - origin
-            if not (state.done or record.finish_reason):
+            if call.direct is not None:
+                # Our own server: each upstream read is relayed inside its read callback (no task switch).
+                sink = _DirectSink(self, call, up, relay, response, deadline_first, deadline_total)
+                response.set_deadline(deadline_first, ERR_TIMEOUT, "bytes", up.first_token_s)
+                await response.wait_end(sink)
+                if sink.error is not None:
+                    raise sink.error
+            else:
+                loop_time = asyncio.get_running_loop().time
+                timeout, category = max(deadline_first - loop_time(), 0.001), ERR_TIMEOUT
+                while pieces := await response.next_chunks(timeout, category):
+                    for arrived, data in pieces:
+                        relay.feed(arrived, data)
+                    # One send per wake-up (every read it brought); the last piece waits for the end marker's send.
+                    if relay.held and record.first_token_s is not None and not response.complete:
+                        held, relay.held = relay.held, []
+                        await self._emit(call, up, held)
+                    timeout, category = relay.next_wait(loop_time(), deadline_first, deadline_total, up.idle_s)
+            record.done_s = (response.done_at or perf_counter()) - relay.origin
+            if not (relay.state.done or record.finish_reason):
                 raise StreamError(ERR_STREAM_CUT, "stream ended without an end marker or finish reason")
             record.status = OK
-            finish_text(state)
-            if mode == MESSAGES_VIA_CHAT:
-                held.append(translator.close())
-            tail = b"".join(held)
+            finish_text(relay.state)
+            tail = relay.close()
             await self._emit(call, up, [tail] if tail else [b""], last=True)
             return None
         except (HTTPClientError, StreamError) as exc:
-            finish_text(state)
+            finish_text(relay.state)
             if not call.committed:  # nothing reached the client: the next candidate may still answer
                 return self._fail(record, up, exc.category, exc.detail)
             self._fail(record, up, exc.category, exc.detail)
-            held.append(stream_error(call.client_api, exc.category, f"upstream {up.name}: {exc.detail}"))
-            await self._emit(call, up, held, last=True)
+            relay.held.append(stream_error(call.client_api, exc.category, f"upstream {up.name}: {exc.detail}"))
+            await self._emit(call, up, relay.held, last=True)
             return None
         except asyncio.CancelledError:
-            finish_text(state)
+            finish_text(relay.state)
             raise
 
     async def _emit(self, call: Call, up: Upstream, parts: list[bytes], last: bool = False) -> None:
         """Send what is held to the client; the first call sends the headers too."""
+        if call.direct is not None:
+            self.write_direct(call, up, parts, last)
+            return
         send = call.send
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         if not call.committed:
-            call.committed = True
-            call.status = 200
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *self.id_headers(call, up)]}
-            )
-            if last:
-                call.done = True
+            await send({"type": "http.response.start", "status": 200, "headers": self._commit(call, up, last)})
             await send({"type": "http.response.body", "body": body, "more_body": not last})
-            record = call.record
-            if call.overhead_ms is not None and record is not None and record.first_token_s is not None:
-                # first token's read -> handed to the client's socket
-                call.overhead_ms += (perf_counter() - self.telemetry.origin - record.first_token_s) * 1000
+            self._first_sent(call)
             return
         if last:
             call.done = True
         await send({"type": "http.response.body", "body": body, "more_body": not last})
+
+    def write_direct(self, call: Call, up: Upstream, parts: list[bytes], last: bool = False) -> None:
+        """:meth:`_emit` on our own server: written at once, from the upstream's read callback too."""
+        direct = call.direct
+        assert direct is not None
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        if not call.committed:
+            direct.start(200, self._commit(call, up, last))
+            direct.write(body, not last)
+            self._first_sent(call)
+            return
+        if last:
+            call.done = True
+        direct.write(body, not last)
+
+    def _commit(self, call: Call, up: Upstream, last: bool) -> list[tuple[bytes, bytes]]:
+        """The stream's response headers; from here on the call cannot move to another endpoint."""
+        call.committed = True
+        call.status = 200
+        if last:
+            call.done = True
+        return [*_SSE_HEADERS, *self.id_headers(call, up)]
+
+    def _first_sent(self, call: Call) -> None:
+        record = call.record
+        if call.overhead_ms is not None and record is not None and record.first_token_s is not None:
+            # first token's read -> handed to the client's socket
+            call.overhead_ms += (perf_counter() - self.telemetry.origin - record.first_token_s) * 1000
 
     def id_headers(self, call: Call, up: Upstream | None, answered: bool = True) -> list[tuple[bytes, bytes]]:
         """``x-tokenrace-*`` headers: who answered (or was tried last), why, and the request id (for

@@ -202,4 +202,36 @@ def test_feedback_through_a_running_gateway(emulator, gateway) -> None:  # noqa:
     small, large = table.pair()
     got = {p: (w, s) for p, w, s in zip(table.prompts, small.tolist(), large.tolist(), strict=True)}
     assert got == questions
-    assert table.notes["used"] == 4 and table.notes["unusable"] == {"no_prompt": 1}
+    assert table.notes["used"] == 4 and table.notes["unusable"] == {"single_endpoint": 1}
+
+    # Without the client's log the gateway's own fingerprint pairs the calls (no text: ids in its place).
+    records = gw.records()
+    assert [r.extra["prompt_sha256"] for r in records] == [
+        prompt_fingerprint(p) for p in [*[q for q in questions for _ in range(2)], "hi"]
+    ]
+    assert all("prompt" not in r.extra for r in records)  # the text only with gateway.record_prompts
+    blind = from_gateway_feedback(gw.store, [gw.run_id])
+    assert sorted(blind.prompts) == sorted(prompt_fingerprint(q) for q in questions)
+
+
+def test_a_gateway_that_records_prompts_needs_no_client_log(emulator, gateway) -> None:  # noqa: F811
+    emu = emulator(api="openai", ttft_ms=1, itl_ms=1, tokens=4)
+    gw = gateway({"endpoints": [_ep("small", emu), _ep("large", emu)], "gateway": {"record_prompts": True}})
+    anthropic_client = gw.anthropic()
+    for prompt, scores in {"Name a prime.": (1.0, 1.0), "Integrate x^x.": (0.0, 1.0)}.items():
+        for endpoint, score in zip(("small", "large"), scores, strict=True):
+            raw = anthropic_client.messages.with_raw_response.create(
+                model=endpoint, max_tokens=8, system="be brief", messages=[{"role": "user", "content": prompt}]
+            )
+            body = orjson.dumps({"request_id": raw.headers["x-tokenrace-request-id"], "score": score})
+            assert gw.request("POST", "/v1/feedback", body)[0] == 200
+    assert len(gw.wait_records(4)) == 4
+    table = from_gateway_feedback(gw.store, [gw.run_id])
+    assert dict(zip(table.prompts, table.pair()[1].tolist(), strict=True)) == {
+        "Integrate x^x.": 1.0,
+        "Name a prime.": 1.0,
+    }
+    assert dict(zip(table.prompts, table.pair()[0].tolist(), strict=True)) == {
+        "Integrate x^x.": 0.0,
+        "Name a prime.": 1.0,
+    }

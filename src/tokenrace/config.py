@@ -453,6 +453,9 @@ class GatewayConfig(_Strict):
     breaker: BreakerOptions = Field(default_factory=BreakerOptions)
     ewma_alpha: float = Field(default=0.2, gt=0, le=1)  # weight of the newest request in live stats
     default_route: str | None = None  # used when the request's model matches no route or endpoint
+    # Keep each call's last user message in its record (extra.prompt), for `router train --from-feedback`.
+    # Off by default: prompts can be sensitive. A fingerprint of it (extra.prompt_sha256) is always kept.
+    record_prompts: bool = False
     # cascade difficulty: "heuristic" (default when unset) or a router file from `tokenrace router train`;
     # a relative path in a config file is relative to that file's directory
     difficulty: str | None = None

@@ -49,7 +49,13 @@ from tokenrace.config import Config, ConfigError, EndpointConfig
 from tokenrace.gateway.access import AccessControl, AccessDenied, KeyState, Reservation, spent_by_key
 from tokenrace.gateway.breaker import CircuitBreaker
 from tokenrace.gateway.checks import automatic_checks
-from tokenrace.gateway.difficulty import DifficultyEstimator, HeuristicDifficulty, message_text
+from tokenrace.gateway.difficulty import (
+    DifficultyEstimator,
+    HeuristicDifficulty,
+    last_user_text,
+    message_text,
+    prompt_fingerprint,
+)
 from tokenrace.gateway.livestats import LiveStats
 from tokenrace.gateway.policies import Overrides, Router, UnknownModelError
 from tokenrace.gateway.prommetrics import GatewayMetrics
@@ -135,6 +141,7 @@ class GatewayApp:
         )
         self.proxy = Proxy(eps, self.telemetry, environ=environ)
         self.max_body = gateway.max_body_bytes
+        self.record_prompts = gateway.record_prompts
         self._handlers: dict[str, tuple[str, Callable[[Scope, Receive, Send], Awaitable[None]]]] = {
             "/v1/chat/completions": ("POST", self._chat),
             "/v1/completions": ("POST", self._completions),
@@ -407,6 +414,11 @@ class GatewayApp:
         extra["client_api"] = call.client_api
         extra["stream"] = call.stream
         extra["client_status"] = call.status
+        with contextlib.suppress(_BadRequest):  # validated before routing; a call refused earlier has no plan
+            text = last_user_text(_plan_messages(call.client_api, call.body))
+            extra["prompt_sha256"] = prompt_fingerprint(text)
+            if self.record_prompts:
+                extra["prompt"] = text
         if call.overhead_ms is not None and not call.attempts:
             extra["gateway_overhead_ms"] = round(call.overhead_ms, 3)
         if record.status == OK and (checks := automatic_checks(call.body, record)) is not None:

@@ -10,12 +10,20 @@ premium" into a threshold: the 70th percentile of recent scores.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 import re
 from collections import deque
 from typing import Any, Protocol
 
-__all__ = ["DifficultyEstimator", "HeuristicDifficulty", "PremiumShareCalibrator", "message_text"]
+__all__ = [
+    "DifficultyEstimator",
+    "HeuristicDifficulty",
+    "PremiumShareCalibrator",
+    "last_user_text",
+    "message_text",
+    "prompt_fingerprint",
+]
 
 
 class DifficultyEstimator(Protocol):
@@ -46,6 +54,25 @@ def message_text(message: dict[str, Any]) -> str:
                 if isinstance(inner, str):
                     texts.append(inner)
     return "\n".join(texts)
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user message (the last message of any role when no user spoke)."""
+    messages = [m for m in messages if isinstance(m, dict)]
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return message_text(message)
+    return message_text(messages[-1]) if messages else ""
+
+
+def prompt_fingerprint(text: str) -> str:
+    """The key two calls with the same prompt share: the first 16 hex digits of the text's SHA-256.
+
+    The gateway stores it with every call (``extra["prompt_sha256"]``, of :func:`last_user_text`), so
+    feedback on answers of different endpoints to one prompt pairs into an outcome table
+    (``routing.outcomes.from_gateway_feedback``) without the gateway keeping the prompt itself.
+    """
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _clamp(x: float) -> float:

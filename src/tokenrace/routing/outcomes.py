@@ -11,7 +11,6 @@ prompts (``from_benchmark_runs``) and gateway traffic that received ``POST /v1/f
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from tokenrace.gateway.difficulty import prompt_fingerprint
 
 if TYPE_CHECKING:
     from tokenrace.store import Store
@@ -311,15 +312,6 @@ def from_benchmark_runs(
     )
 
 
-def prompt_fingerprint(text: str) -> str:
-    """The key two calls with the same prompt share: the first 16 hex digits of the text's SHA-256.
-
-    The text is the last user message (what a router scores, ``routing.estimator.last_user_text``). A
-    gateway record that carries ``extra["prompt_sha256"]`` must have computed it this way.
-    """
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
 @dataclass
 class PromptLog:
     """Prompt texts (and optionally groups) a client kept beside the calls it made, by request id.
@@ -381,9 +373,10 @@ def from_gateway_feedback(
     Reads the gateway runs ``run_ids`` (default: every gateway run in the store). A feedback score belongs to
     the request's record: its ``endpoint`` (the upstream that answered) is the model, the latest score per
     request wins, and several scored answers of one endpoint to one prompt are averaged. A prompt is
-    identified by, in order: the client's ``prompts`` log (request id → text; a gateway record does not keep
-    the prompt), else ``extra["prompt"]`` / ``extra["prompt_sha256"]`` where a gateway stored them (see
-    :func:`prompt_fingerprint`). Its group is the log's ``group``, else ``"gateway"``.
+    identified by, in order: the client's ``prompts`` log (request id → text), else the text a gateway kept
+    (``extra["prompt"]``, with ``gateway.record_prompts``), else the fingerprint every gateway call carries
+    (``extra["prompt_sha256"]``, see :func:`~tokenrace.gateway.difficulty.prompt_fingerprint`; the row then
+    has no text, and a router cannot be trained on it). Its group is the log's ``group``, else ``"gateway"``.
 
     A row needs a scored answer from each of ``endpoints`` (default: every endpoint with a usable score);
     ``notes`` counts the feedback rows read, those used, and why the others were not (``notes["unusable"]``:

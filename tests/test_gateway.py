@@ -489,6 +489,22 @@ def test_body_limit_and_bad_json(emulator, gateway) -> None:
     assert status == 400 and "not valid JSON" in orjson.loads(body)["error"]["message"]
     with pytest.raises(openai.NotFoundError, match="unknown model 'nope'"):
         gw.openai().chat.completions.create(model="nope", messages=CHAT)
+    # Refusals before routing are counted, by status and code, not recorded (no endpoint was involved).
+    _, _, metrics = gw.request("GET", "/metrics")
+    refused = {
+        (s.labels["status"], s.labels["code"]): s.value
+        for f in text_string_to_metric_families(metrics.decode())
+        if f.name == "tokenrace_gateway_refused"
+        for s in f.samples
+        if s.name.endswith("_total")
+    }
+    assert refused == {
+        ("413", "invalid_request_error"): 1,
+        ("413", "request_too_large"): 1,
+        ("400", "invalid_request_error"): 1,
+        ("404", "model_not_found"): 1,
+    }
+    assert gw.app.telemetry.refused == 4 and gw.records() == []
 
 
 def test_keys_limits_telemetry_and_no_secret_in_store(emulator, gateway, tmp_path) -> None:
@@ -583,6 +599,14 @@ def test_keys_limits_telemetry_and_no_secret_in_store(emulator, gateway, tmp_pat
         if s.name.endswith("_total")
     }
     assert served == {("a", "ok"): 3.0, ("b", "ok"): 1.0}
+    refused = {
+        (s.labels["status"], s.labels["code"], s.labels["key"]): s.value
+        for s in families["tokenrace_gateway_refused"].samples
+        if s.name.endswith("_total")
+    }
+    assert refused[("429", "rate_limited", "limited")] == 1
+    assert refused[("402", "budget_exhausted", "broke")] == 2
+    assert sum(v for (status, _, key), v in refused.items() if status == "401" and key == "none") == 2
 
     gw.stop()
     assert gw.store.get_run(gw.run_id).status == "complete"

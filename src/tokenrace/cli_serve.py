@@ -117,7 +117,8 @@ async def _serve(server: GatewayServer, sock: socket.socket, gateway: GatewayApp
     counts = telemetry.counts
     console.print(
         f"stopped: {sum(counts.values())} calls ({counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
-        f"{counts.get('incomplete', 0)} cancelled or cut off); run complete",
+        f"{counts.get('incomplete', 0)} cancelled or cut off), {telemetry.refused} refused before routing; "
+        "run complete",
         highlight=False,
     )
 

@@ -59,7 +59,7 @@ from tokenrace.gateway.difficulty import (
 from tokenrace.gateway.livestats import LiveStats
 from tokenrace.gateway.policies import Overrides, Router, UnknownModelError
 from tokenrace.gateway.prommetrics import GatewayMetrics
-from tokenrace.gateway.proxy import CHAT, COMPLETIONS, MESSAGES, Call, Proxy, error_body, stream_error
+from tokenrace.gateway.proxy import CHAT, COMPLETIONS, MESSAGES, Call, Proxy, error_body, error_type, stream_error
 from tokenrace.gateway.telemetry import Telemetry, billed_tokens, cancelled, record_cost
 from tokenrace.records import ERR_CANCELLED, ERR_HTTP_4XX, ERR_HTTP_5XX, FAILED, OK, RequestRecord
 from tokenrace.store import Store
@@ -267,7 +267,7 @@ class GatewayApp:
             except ValueError as exc:
                 raise _BadRequest(400, str(exc)) from None
         except _BadRequest as exc:
-            await self._refuse(send, client_api, request_id, exc)
+            await self._refuse(send, client_api, request_id, exc, key.id if key is not None else None)
             return
         call = Call(client_api, body, send, arrival, request_id)
         extensions = scope.get("extensions")
@@ -282,9 +282,8 @@ class GatewayApp:
             try:
                 reservation = self._admit(key, call)
             except AccessDenied as exc:
-                await self._refuse(
-                    send, client_api, request_id, _BadRequest(exc.status, exc.message, exc.code, exc.retry_after_s)
-                )
+                refusal = _BadRequest(exc.status, exc.message, exc.code, exc.retry_after_s)
+                await self._refuse(send, client_api, request_id, refusal, key.id)
                 return
         task = call.task = asyncio.current_task()
         watcher = asyncio.ensure_future(receive())
@@ -367,8 +366,13 @@ class GatewayApp:
             if not message.get("more_body"):
                 return b"".join(parts)
 
-    async def _refuse(self, send: Send, client_api: str, request_id: str, exc: _BadRequest) -> None:
-        """An error before any routing: the API's error body and the gateway's headers."""
+    async def _refuse(
+        self, send: Send, client_api: str, request_id: str, exc: _BadRequest, key_id: str | None = None
+    ) -> None:
+        """An error before any routing: the API's error body and the gateway's headers. Counted (Prometheus
+        ``tokenrace_gateway_refused``, the closing line) but not recorded: no endpoint was involved."""
+        self.metrics.refused(exc.status, exc.code or error_type(exc.status, client_api), key_id)
+        self.telemetry.refused += 1
         headers = [_NO_ENDPOINT, _NOT_ROUTED, (b"x-tokenrace-request-id", request_id.encode())]
         if exc.retry_after_s is not None:
             headers.append((b"retry-after", b"%d" % max(1, math.ceil(exc.retry_after_s))))

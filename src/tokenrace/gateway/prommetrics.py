@@ -96,6 +96,13 @@ class GatewayMetrics:
             ("endpoint",),
             registry=r,
         )
+        self.refused_calls = Counter(
+            "tokenrace_gateway_refused",
+            "Generation calls refused before any upstream was tried (bad request, key, rate limit, budget, body"
+            " size), by HTTP status, error code and key id",
+            ("status", "code", "key"),
+            registry=r,
+        )
         self._endpoints: dict[str, _EndpointChildren] = {}
         self._requests: dict[tuple[str, str, str, str], Counter] = {}
 
@@ -133,6 +140,10 @@ class GatewayMetrics:
         speed = output_speed_tps(record)
         if speed is not None:
             children.speed.observe(speed)
+
+    def refused(self, status: int, code: str, key_id: str | None) -> None:
+        """Count a call refused before routing (never recorded as a request: no endpoint was involved)."""
+        self.refused_calls.labels(status=str(status), code=code, key=key_id or NO_ERROR).inc()
 
     def set_in_flight(self, endpoint: str, value: int) -> None:
         self.in_flight.labels(endpoint=endpoint).set(value)

@@ -247,6 +247,7 @@ class Telemetry:
         self.seq = 0
         self.in_flight: dict[str, int] = {}
         self.counts = {OK: 0, FAILED: 0, INCOMPLETE: 0}
+        self.refused = 0  # calls refused before routing (not recorded: no endpoint was involved)
         self.errors: dict[str, int] = {}
         self.cost_usd = 0.0
         # request id -> key id, for feedback; bounded, oldest forgotten first

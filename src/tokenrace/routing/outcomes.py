@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,6 +191,18 @@ def _truth(value: str, file: Path, number: int) -> float:
     raise ValueError(f"{file} row {number}: expected True/False, got {value!r}")
 
 
+def _jsonl(file: Path) -> Iterator[tuple[int, Any]]:
+    """The JSON value of each non-blank line with its line number; a bad line names the file and line."""
+    with file.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{file}:{number}: not JSON ({exc.msg})") from None
+
+
 def from_jsonl(path: str | Path) -> OutcomeTable:
     """A generic outcomes file, one JSON object per line::
 
@@ -208,28 +220,21 @@ def from_jsonl(path: str | Path) -> OutcomeTable:
     ids: list[str] = []
     rows: list[list[float]] = []
     models: tuple[str, ...] | None = None
-    with file.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{file}:{number}: not JSON ({exc.msg})") from None
-            if "meta" in obj and "prompt" not in obj:
-                meta = dict(obj["meta"])
-                continue
-            if not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("scores"), dict):
-                raise ValueError(f"{file}:{number}: needs a 'prompt' string and a 'scores' object")
-            names = tuple(obj["scores"])
-            if models is None:
-                models = names
-            elif set(names) != set(models):
-                raise ValueError(f"{file}:{number}: scores models {sorted(names)}, expected {sorted(models)}")
-            prompts.append(obj["prompt"])
-            groups.append(str(obj.get("group", "all")))
-            ids.append(str(obj.get("id", number)))
-            rows.append([float(obj["scores"][m]) for m in models])
+    for number, obj in _jsonl(file):
+        if "meta" in obj and "prompt" not in obj:
+            meta = dict(obj["meta"])
+            continue
+        if not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("scores"), dict):
+            raise ValueError(f"{file}:{number}: needs a 'prompt' string and a 'scores' object")
+        names = tuple(obj["scores"])
+        if models is None:
+            models = names
+        elif set(names) != set(models):
+            raise ValueError(f"{file}:{number}: scores models {sorted(names)}, expected {sorted(models)}")
+        prompts.append(obj["prompt"])
+        groups.append(str(obj.get("group", "all")))
+        ids.append(str(obj.get("id", number)))
+        rows.append([float(obj["scores"][m]) for m in models])
     if models is None:
         raise ValueError(f"{file}: no outcome lines")
     costs_map = meta.get("costs")
@@ -333,20 +338,13 @@ def load_prompt_log(path: str | Path) -> PromptLog:
     """
     file = Path(path)
     log = PromptLog()
-    with file.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{file}:{number}: not JSON ({exc.msg})") from None
-            key = obj.get("request_id", obj.get("prompt_id")) if isinstance(obj, dict) else None
-            if not isinstance(key, str) or not key or not isinstance(obj.get("prompt"), str):
-                raise ValueError(f"{file}:{number}: needs a 'request_id' (or 'prompt_id') and a 'prompt' string")
-            log.texts[key] = obj["prompt"]
-            if obj.get("group") is not None:
-                log.groups[key] = str(obj["group"])
+    for number, obj in _jsonl(file):
+        key = obj.get("request_id", obj.get("prompt_id")) if isinstance(obj, dict) else None
+        if not isinstance(key, str) or not key or not isinstance(obj.get("prompt"), str):
+            raise ValueError(f"{file}:{number}: needs a 'request_id' (or 'prompt_id') and a 'prompt' string")
+        log.texts[key] = obj["prompt"]
+        if obj.get("group") is not None:
+            log.groups[key] = str(obj["group"])
     if not log.texts:
         raise ValueError(f"{file}: no prompt lines")
     return log

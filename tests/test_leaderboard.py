@@ -362,6 +362,8 @@ def test_cli_recommend(board_store: Store, tmp_path) -> None:
 def test_gateway_runs_are_split_by_the_endpoint_that_answered(store: Store) -> None:
     """Live traffic: one gateway run holds requests answered by several upstreams, each priced on its own."""
     records = suite_records("gw", "cheap", {"chat": (100, 100, None)}, n=6)
+    for i, record in enumerate(records):
+        record.extra["request_id"] = f"gw-{i}"
     for record in records[3:]:
         record.endpoint = "premium"
     run = RunInfo(
@@ -388,3 +390,12 @@ def test_gateway_runs_are_split_by_the_endpoint_that_answered(store: Store) -> N
     assert rows["cheap"].usd_per_1k_requests == pytest.approx(151 * 1.0 / 1e6 * 1000)
     assert rows["premium"].usd_per_1k_requests == pytest.approx(151 * 10.0 / 1e6 * 1000)
     assert rows["cheap"].throughput_tps is None  # live traffic has no load level of its own
+    assert rows["cheap"].quality is None  # no feedback yet
+
+    # Feedback scores the calls: the latest score per request is its quality; calls without one do not count.
+    ids = [r.extra["request_id"] for r in records]
+    for request_id, score, at in ((ids[0], 0.0, 1.0), (ids[0], 1.0, 2.0), (ids[1], 0.5, 3.0), (ids[4], 0.25, 4.0)):
+        store.add_feedback(request_id, score, None, at, run_id="gw")
+    rows = {r.endpoint: r for r in build_leaderboard(store, select_runs(store)).overall()}
+    assert (rows["cheap"].quality, rows["cheap"].quality_n) == (0.75, 2)
+    assert (rows["premium"].quality, rows["premium"].quality_n) == (0.25, 1)

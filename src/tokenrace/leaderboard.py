@@ -12,7 +12,7 @@ import csv
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tokenrace.bench import run_price
@@ -124,6 +124,22 @@ def select_runs(
     return runs
 
 
+def with_feedback(store: Store, run_id: str, records: Sequence[RequestRecord]) -> list[RequestRecord]:
+    """Live traffic is scored by its clients: a gateway call's quality is its latest ``/v1/feedback`` score.
+
+    Copies of the records that received one (a record is written once and never rewritten; the feedback
+    lives in its own table), the others as they are.
+    """
+    scores = {f.request_id: f.score for f in store.feedback(run_id)}  # oldest first: the latest wins
+    if not scores:
+        return list(records)
+    out = []
+    for record in records:
+        score = scores.get(record.extra.get("request_id")) if record.quality is None else None
+        out.append(replace(record, quality=float(score)) if score is not None else record)
+    return out
+
+
 def build_leaderboard(
     store: Store, runs: Iterable[RunInfo], records: Mapping[str, Sequence[RequestRecord]] | None = None
 ) -> Leaderboard:
@@ -135,6 +151,8 @@ def build_leaderboard(
     groups: dict[tuple[str, str], _Group] = {}
     for run in runs:
         loaded = records[run.run_id] if records is not None else store.records(run.run_id)
+        if run.workload == GATEWAY_WORKLOAD:
+            loaded = with_feedback(store, run.run_id, loaded)
         for name, part, price, source, price_per_hour, live in _endpoint_parts(run, loaded):
             window = measurement_window(part)
             duration_s = window[1] - window[0] if window else None

@@ -7,6 +7,11 @@ Two views, both by subject (never by random rows):
   only, so this is the honest figure.
 * k-fold: every subject is held out once (``--folds`` folds); mean ± standard deviation over folds. These
   folds include the held-out subjects above, so they are a second opinion, not an untouched test.
+* training-subject CV (``--train-cv-seeds``): k-fold by subject over the TRAINING subjects of the held-out
+  split only, repeated for several fold seeds: the view the routers' settings were chosen on. It is shown
+  twice: over every training subject, and over the "plausible" ones (a subject where the strong model
+  scores under half the weak one is a scoring failure: high_school_mathematics, GPT-4 at 3%; a router
+  that sends numeric questions to the weak model looks brilliant on it and nowhere else).
 
 ``within`` is the mean of the APGR inside each held-out subject: the pooled APGR also rewards telling
 which SUBJECT gains more from the strong model, this one only the ranking of questions within a subject.
@@ -16,6 +21,7 @@ time, embedding included for the routers that embed.
 
     .venv/bin/python benchmarks/router_eval.py                  # ~15 min on 2 cores the first time
     .venv/bin/python benchmarks/router_eval.py --no-embeddings  # length and feature routers only
+    .venv/bin/python benchmarks/router_eval.py --no-embeddings --train-cv-seeds 0,1,2,3,4,5  # selection view
 
 Sentence embeddings of all prompts are computed once by the numpy MiniLM and cached in
 ``~/.cache/tokenrace/routing/`` (the k-NN and hybrid routers need them; the model comes from the
@@ -51,7 +57,14 @@ from tokenrace.routing.evaluate import (
     within_group_apgr,
 )
 from tokenrace.routing.outcomes import OutcomeTable, load_routellm_mmlu
-from tokenrace.routing.routers import FeatureRouter, HybridRouter, KNNRouter, LengthRouter, MiniLMEmbedder
+from tokenrace.routing.routers import (
+    FeatureRouter,
+    FormRouter,
+    HybridRouter,
+    KNNRouter,
+    LengthRouter,
+    MiniLMEmbedder,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "routellm-mmlu"
@@ -98,6 +111,7 @@ def make_routers(with_embeddings: bool, embedder: MiniLMEmbedder | None) -> dict
         "length": LengthRouter,
         "features-ridge": lambda: FeatureRouter(hidden=0),
         "features-mlp16": FeatureRouter,
+        "form-mlp16": FormRouter,
     }
     if with_embeddings:
         routers["knn-minilm (k=200)"] = lambda: KNNRouter(embedder, k=200)
@@ -118,6 +132,37 @@ def fit_and_score(make: Callable[[], Any], train: OutcomeTable, test: OutcomeTab
     return router, router.score(test.prompts)
 
 
+def plausible_subjects(table: OutcomeTable, ratio: float = 0.5) -> OutcomeTable:
+    """The subjects where the strong model scores at least ``ratio`` times the weak one (the rest were
+    mis-scored, see the module docstring); the same rule :class:`FormRouter` trains with."""
+    w, s = table.pair()
+    groups = np.asarray([str(g) for g in table.groups])
+    keep = [g for g in table.subjects if s[groups == g].mean() >= ratio * w[groups == g].mean()]
+    return table.in_groups(keep)
+
+
+def train_subject_cv(
+    train: OutcomeTable, routers: dict[str, Callable[[], Any]], folds: int, seeds: list[int]
+) -> dict[str, list[dict[str, float]]]:
+    """k-fold by subject over ``train`` only, once per fold seed: every fold's summary per router."""
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in routers}
+    for seed in seeds:
+        for fold_train, fold_test in kfold_by_subject(train, folds, seed):
+            for name, make in routers.items():
+                scores = fit_and_score(make, fold_train, fold_test, {})[1]
+                rows[name].append(evaluate(fold_test, scores).summary())
+    return rows
+
+
+def print_cv(rows: dict[str, list[dict[str, float]]]) -> None:
+    for name, results in rows.items():
+        cells = []
+        for key in ("apgr", "cpt50", "cpt80"):
+            m, sd = mean_std([r[key] for r in results])
+            cells.append(f"{m:.4f} ± {sd:.4f}" if key == "apgr" else f"{m:6.2%} ± {sd:5.2%}")
+        print(f"  {name:28s} " + " ".join(f"{c:>16s}" for c in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -126,6 +171,12 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--latency-prompts", type=int, default=300)
     parser.add_argument("--no-embeddings", action="store_true", help="skip the k-NN and hybrid routers")
+    parser.add_argument(
+        "--train-cv-seeds",
+        default="",
+        help="comma-separated fold seeds: also run k-fold over the training subjects only (embedding-free routers)",
+    )
+    parser.add_argument("--skip-held-out", action="store_true", help="only the training-subject CV")
     args = parser.parse_args()
 
     table = load_routellm_mmlu(args.data)
@@ -143,6 +194,20 @@ def main() -> None:
     routers = make_routers(embedder is not None, embedder)
 
     train, test = split_by_subject(table, args.test_fraction, args.seed)
+    if args.train_cv_seeds:
+        seeds = [int(x) for x in args.train_cv_seeds.split(",")]
+        plain = make_routers(False, None)
+        clean = plausible_subjects(train)
+        dropped = sorted(set(train.subjects) - set(clean.subjects))
+        for label, subset in (("every training subject", train), (f"without {', '.join(dropped) or '-'}", clean)):
+            print(
+                f"\nTRAINING-SUBJECT CV ({label}: {len(subset.subjects)} subjects, {args.folds} folds x seeds "
+                f"{seeds}): mean ± std over folds"
+            )
+            print(f"  {'router':28s} {'APGR':>16s} {'CPT50':>16s} {'CPT80':>16s}")
+            print_cv(train_subject_cv(subset, plain, args.folds, seeds))
+    if args.skip_held_out:
+        return
     print(
         f"\nHELD-OUT SUBJECTS (test_fraction={args.test_fraction}, seed={args.seed}): train {len(train)} prompts / "
         f"{len(train.subjects)} subjects, test {len(test)} prompts / {len(test.subjects)} subjects"
@@ -185,12 +250,7 @@ def main() -> None:
         rows["oracle"].append(evaluate(fold_test, oracle(fold_test)).summary())
         for name, make in routers.items():
             rows[name].append(evaluate(fold_test, fit_and_score(make, fold_train, fold_test, vectors)[1]).summary())
-    for name, results in rows.items():
-        cells = []
-        for key in ("apgr", "cpt50", "cpt80"):
-            m, sd = mean_std([r[key] for r in results])
-            cells.append(f"{m:.4f} ± {sd:.4f}" if key == "apgr" else f"{m:6.2%} ± {sd:5.2%}")
-        print(f"  {name:28s} " + " ".join(f"{c:>16s}" for c in cells))
+    print_cv(rows)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from tokenrace.cli import StoreOpt, UserError, _user_errors, app, console
 router_app = typer.Typer(no_args_is_help=True, help="Weak/strong routers: evaluate on unseen subjects, train one.")
 app.add_typer(router_app, name="router")
 
-KINDS = ("length", "features", "knn", "hybrid")
+KINDS = ("length", "features", "form", "knn", "hybrid")
 EMBEDDING_KINDS = ("knn", "hybrid")
 FORMATS = ("table", "json")
 LATENCY_PROMPTS = 200
@@ -152,12 +152,13 @@ def _check_kind(kind: str) -> None:
 
 def make_router(kind: str) -> Any:
     """A fresh, unfitted router of ``kind`` (its defaults were chosen by k-fold over subjects on MMLU)."""
-    from tokenrace.routing.routers import FeatureRouter, HybridRouter, KNNRouter, LengthRouter
+    from tokenrace.routing.routers import FeatureRouter, FormRouter, HybridRouter, KNNRouter, LengthRouter
 
     _check_kind(kind)
     factories: dict[str, Callable[[], Any]] = {
         "length": LengthRouter,
         "features": FeatureRouter,
+        "form": FormRouter,
         "knn": lambda: KNNRouter(k=200),
         "hybrid": HybridRouter,
     }
@@ -393,7 +394,7 @@ def router_eval(
         typer.Option(
             "--router",
             "-r",
-            help="length | features | knn | hybrid | FILE.npz (repeatable) \\[default: length and features]",
+            help="length | features | form | knn | hybrid | FILE.npz (repeatable) \\[default: length and features]",
         ),
     ] = None,
     test_fraction: TestFractionOpt = 0.2,
@@ -485,7 +486,7 @@ def _write_outputs(doc: dict[str, Any], json_out: Path | None, html_out: Path | 
 @router_app.command("train")
 def router_train(
     output: Annotated[Path, typer.Option("--output", "-o", help="router file to write (.npz)")],
-    router: Annotated[str, typer.Option("--router", "-r", help="length | features | knn | hybrid")] = "features",
+    router: Annotated[str, typer.Option("--router", "-r", help="length | features | form | knn | hybrid")] = "features",
     data: DataOpt = None,
     exclude_test_subjects: Annotated[
         bool,

@@ -35,9 +35,15 @@ class TrainedDifficulty:
 
 
 def _kind_of(router: Any) -> str:
-    from tokenrace.routing.routers import FeatureRouter, HybridRouter, KNNRouter, LengthRouter
+    from tokenrace.routing.routers import FeatureRouter, FormRouter, HybridRouter, KNNRouter, LengthRouter
 
-    kinds = ((HybridRouter, "hybrid"), (KNNRouter, "knn"), (FeatureRouter, "features"), (LengthRouter, "length"))
+    kinds = (
+        (HybridRouter, "hybrid"),
+        (KNNRouter, "knn"),
+        (FormRouter, "form"),  # before its base class
+        (FeatureRouter, "features"),
+        (LengthRouter, "length"),
+    )
     for cls, kind in kinds:
         if isinstance(router, cls):
             return kind

@@ -63,7 +63,9 @@ __all__ = [
 RECENT_REQUESTS = 100_000  # request ids remembered for /v1/feedback (with the key that made them)
 # Records are committed in batches at most this far apart: at low rates a commit per request would cost more
 # CPU than the proxying itself; a crash loses at most this much telemetry (the answers were already served).
-WRITE_INTERVAL_S = 0.5
+# Short batches keep each write's competition with the event loop (the GIL) short: at 500 req/s, 0.5 s
+# batches added ~0.5-1 ms to the p99 of calls overlapping them compared with 0.1 s ones (gateway_overhead).
+WRITE_INTERVAL_S = 0.1
 
 
 def decoder_for(api: str) -> Decoder:

@@ -416,3 +416,18 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     stop_all()
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child owns none of its parent's engines: it must not stop them on its own exit, and its
+    SIGTERM must kill it outright (a Python-level handler misses a signal that lands just before a blocking
+    call, and a multiprocessing worker killed that way would hang its pool)."""
+    global _live_lock
+    _live_lock = threading.RLock()  # the parent's may have been held by another thread at fork time
+    _live.clear()
+    with contextlib.suppress(ValueError, OSError):
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

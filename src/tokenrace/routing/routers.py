@@ -797,18 +797,9 @@ class FormRouter(FeatureRouter):
     feature_names = FORM_FEATURE_NAMES
     _params = (*FeatureRouter._params, "min_strong_ratio", "min_group")
 
-    def __init__(
-        self,
-        hidden: int = 16,
-        members: int = 3,
-        epochs: int = 60,
-        l2: float = 1e-2,
-        lam: float = 1000.0,
-        seed: int = 0,
-        min_strong_ratio: float = 0.5,
-        min_group: int = 20,
-    ) -> None:
-        super().__init__(hidden=hidden, members=members, epochs=epochs, l2=l2, lam=lam, seed=seed)
+    def __init__(self, *, min_strong_ratio: float = 0.5, min_group: int = 20, **model: Any) -> None:
+        """``model``: FeatureRouter's settings (hidden, members, epochs, l2, lam, seed), same defaults."""
+        super().__init__(**model)
         self.min_strong_ratio = min_strong_ratio
         self.min_group = min_group
         self.dropped_groups: list[str] = []

@@ -613,3 +613,45 @@ def test_keys_limits_telemetry_and_no_secret_in_store(emulator, gateway, tmp_pat
     db = b"".join(p.read_bytes() for p in tmp_path.glob("gateway0.db*"))
     for secret in (GATEWAY_KEY, OTHER_KEY, BROKE_KEY, UPSTREAM_KEY):
         assert secret.encode() not in db
+
+
+def test_serve_command_answers_then_stops_on_sigterm_keeping_every_record(emulator, tmp_path) -> None:
+    """`tokenrace serve` as users run it: its own server, a call, SIGTERM; the run is complete and recorded."""
+    import signal
+    import subprocess
+    import sys
+
+    emu = emulator(api="openai", ttft_ms=1, itl_ms=1, tokens=5)
+    config = tmp_path / "tokenrace.yaml"
+    config.write_text(f"endpoints:\n  - {{name: a, api: openai-chat, base_url: '{emu.base_url}', model: m}}\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    db = tmp_path / "serve.db"
+    argv = [sys.executable, "-m", "tokenrace", "serve", "--config", str(config), "--port", str(port)]
+    proc = subprocess.Popen([*argv, "--store", str(db)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.05)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=10)
+        chunks = list(client.chat.completions.create(model="a", messages=CHAT, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == output_text(5)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out.decode()
+    assert "stopped: 1 calls (1 ok" in out.decode()
+    with Store.open(str(db)) as store:
+        (run,) = store.list_runs()
+        assert run.status == "complete"
+        (record,) = store.records(run.run_id)
+        assert record.status == OK and record.output_text == output_text(5)

@@ -303,3 +303,40 @@ def test_a_failed_startup_is_reported() -> None:
     served = Served(app)
     served.thread.join(10)
     assert isinstance(served.error, StartupFailed) and "no database" in str(served.error)
+
+
+def test_idle_keep_alive_is_closed_and_a_slow_request_head_gets_408(serve: Callable[..., Served]) -> None:
+    served = serve(echo_app, keep_alive_s=0.2, head_timeout_s=0.4)
+    conn = served.connect()
+    conn.sendall(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert read_response(conn)[0] == 200
+    time.sleep(0.6)
+    assert conn.recv(100) == b""  # closed after the keep-alive timeout
+    conn.close()
+    conn = served.connect()
+    conn.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n")  # the head never ends
+    assert read_response(conn)[0] == 408
+    assert conn.recv(100) == b""
+    conn.close()
+
+
+def test_requests_pipelined_behind_the_last_answer_at_shutdown_get_503(serve: Callable[..., Served]) -> None:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            raise RuntimeError("no lifespan")
+        await receive()
+        await asyncio.sleep(0.3)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode(), "more_body": False})
+
+    served = serve(app, graceful_s=5.0)
+    conn = served.connect()
+    conn.sendall(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\nGET /second HTTP/1.1\r\nHost: t\r\n\r\n")
+    time.sleep(0.1)
+    stopper = threading.Thread(target=served.stop)
+    stopper.start()
+    buf = bytearray()
+    assert read_response(conn, buf)[::2] == (200, b"/first")  # in flight: finished within the grace period
+    assert read_response(conn, buf)[0] == 503
+    stopper.join(10)
+    conn.close()

@@ -2,13 +2,14 @@
 
 Why not uvicorn: a streamed answer costs the gateway a read from the upstream and a write to the client
 per chunk, and through ASGI every chunk also wakes the call's task and passes a message dict through the
-server's ``send`` coroutine. On a long stream those per-chunk costs are most of the gateway's CPU. This
+server's ``send`` coroutine. On a long stream those per-chunk costs add up (see benchmarks/gateway_overhead.py). This
 server speaks plain ASGI 3 (the app also runs under uvicorn, and the tests run it under both) and offers
 one extension, ``scope["extensions"]["tokenrace.direct"]``: the request's :class:`Exchange`, whose
 synchronous ``start``/``write`` let the proxy relay a stream from inside the upstream's read callback,
 with no task switch per chunk.
 
-What it does: keep-alive with an idle timeout, pipelined requests answered in order, ``Expect:
+What it does: keep-alive with an idle timeout, a request head that takes over 30 s refused with 408,
+pipelined requests answered in order (503 for those behind the last answer at shutdown), ``Expect:
 100-continue``, bodies of any framing (``Content-Length`` or chunked) handed to ``receive`` as they
 arrive, answers framed by ``Content-Length`` when the whole body comes in one message and chunked
 otherwise, back-pressure (``send`` waits while the client's socket buffer is full; direct writers are told
@@ -272,7 +273,9 @@ class _Connection(asyncio.Protocol):
         self._parsing: Exchange | None = None  # the request whose bytes are arriving
         self._active: Exchange | None = None  # the request being answered
         self._queue: deque[Exchange] = deque()  # pipelined requests waiting their turn
-        self._idle: asyncio.TimerHandle | None = None
+        # Loop times for the server's sweep (no timer per request): idle since (keep-alive), head begun at.
+        self.idle_since: float | None = None
+        self.head_since: float | None = None
         self._client: tuple[str, int] | None = None
         self._local: tuple[str, int] | None = None
 
@@ -285,12 +288,9 @@ class _Connection(asyncio.Protocol):
         self._client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         self._local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
         self.server.connections.add(self)
-        self._arm_idle()
+        self.idle_since = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -304,9 +304,6 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
         for exchange in (self._active, self._parsing, *self._queue):
             if exchange is not None:
                 exchange.disconnected = True
@@ -332,6 +329,8 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_bytes = 0
+        self.idle_since = None
+        self.head_since = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -371,10 +370,13 @@ class _Connection(asyncio.Protocol):
             "server": self._local,
             "extensions": {},
         }
+        self.head_since = None
         exchange = Exchange(self, scope, parser.should_keep_alive(), expect)
         scope["extensions"]["tokenrace.direct"] = exchange
         self._parsing = exchange
-        if self._active is None and not self.server.stopping:
+        if self.server.stopping and self._active is None:
+            self._refuse(503, "the gateway is shutting down")
+        elif self._active is None:
             self._start(exchange)
         else:
             self._queue.append(exchange)
@@ -402,6 +404,9 @@ class _Connection(asyncio.Protocol):
         if exchange is not self._active:
             return
         self._active = None
+        if self.server.stopping and self._queue:
+            self._queue.clear()  # pipelined behind the last answer: told to come back, not left hanging
+            self.write(_plain(503, "the gateway is shutting down"))
         if not exchange.keep_alive or self.server.stopping or self._parsing is exchange:
             # A request whose body was not read to its end cannot be followed on this connection.
             self.close()
@@ -411,17 +416,15 @@ class _Connection(asyncio.Protocol):
             if not self._queue and self.transport is not None:
                 self.transport.resume_reading()
         else:
-            self._arm_idle()
+            self.idle_since = self.loop.time()
 
-    def _arm_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        self._idle = self.loop.call_later(self.server.keep_alive_s, self._idle_timeout)
-
-    def _idle_timeout(self) -> None:
-        self._idle = None
-        if self._active is None and self._parsing is None:
+    def sweep(self, now: float) -> None:
+        """The server's periodic check: close a keep-alive connection idle too long, refuse a request head
+        that has been arriving for too long (a client that never finishes it must not hold the connection)."""
+        if self.idle_since is not None and self.idle and now - self.idle_since > self.server.keep_alive_s:
             self.close()
+        elif self.head_since is not None and now - self.head_since > self.server.head_timeout_s:
+            self._refuse(408, f"request head not complete within {self.server.head_timeout_s:g} s")
 
     @property
     def idle(self) -> bool:
@@ -477,9 +480,12 @@ class GatewayServer:
     ``started`` turns true once the lifespan start-up completed and the sockets accept connections.
     """
 
-    def __init__(self, app: ASGIApp, *, keep_alive_s: float = 5.0, graceful_s: float = 5.0) -> None:
+    def __init__(
+        self, app: ASGIApp, *, keep_alive_s: float = 5.0, graceful_s: float = 5.0, head_timeout_s: float = 30.0
+    ) -> None:
         self.app = app
         self.keep_alive_s = keep_alive_s
+        self.head_timeout_s = head_timeout_s
         self.graceful_s = graceful_s
         self.connections: set[_Connection] = set()
         self.started = False
@@ -515,14 +521,26 @@ class GatewayServer:
             await self.loop.create_server(lambda: _Connection(self), sock=sock, backlog=2048) for sock in sockets
         ]
         self.started = True
+        sweeper = asyncio.create_task(self._sweep())
         try:
             await self._exit.wait()
         finally:
+            sweeper.cancel()
             self.stopping = True
             for server in servers:
                 server.close()
             await self._drain_calls()
             await lifespan.shutdown()
+
+    async def _sweep(self) -> None:
+        """Idle keep-alive and slow request heads, checked for every connection a few times per timeout
+        (a timer per request would be created and cancelled on every call)."""
+        period = max(min(self.keep_alive_s, self.head_timeout_s) / 4, 0.01)
+        while True:
+            await asyncio.sleep(period)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                conn.sweep(now)
 
     async def _drain_calls(self) -> None:
         """Close idle connections; give calls in flight ``graceful_s``; then cancel what is left."""

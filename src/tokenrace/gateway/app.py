@@ -244,15 +244,9 @@ class GatewayApp:
                 raise _BadRequest(413, f"request body of {length} bytes exceeds the limit of {self.max_body} bytes")
             if self.access.enabled:
                 key = self._authenticate(presented)
-            raw = await self._read_body(receive)
-            if raw is None:
+            body = await self._read_json_object(receive)
+            if body is None:
                 return  # the client left while sending
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise _BadRequest(400, f"the request body is not valid JSON: {exc}") from None
-            if not isinstance(body, dict):
-                raise _BadRequest(400, "the request body must be a JSON object")
             overrides = _overrides(body, route_h, sort_h, price_h)
             model = body.get("model")
             if not isinstance(model, str):
@@ -274,6 +268,7 @@ class GatewayApp:
         if extensions:
             call.direct = extensions.get("tokenrace.direct")
         call.plan = plan
+        call.prompt_text = last_user_text(messages)
         call.reason = plan.reason
         call.key_id = key.id if key is not None else None
         call.anthropic_headers = anthropic
@@ -366,6 +361,19 @@ class GatewayApp:
             if not message.get("more_body"):
                 return b"".join(parts)
 
+    async def _read_json_object(self, receive: Receive) -> dict[str, Any] | None:
+        """The body as a JSON object, or None if the client disconnected; _BadRequest 400/413 otherwise."""
+        raw = await self._read_body(receive)
+        if raw is None:
+            return None
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise _BadRequest(400, f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise _BadRequest(400, "the request body must be a JSON object")
+        return body
+
     async def _refuse(
         self, send: Send, client_api: str, request_id: str, exc: _BadRequest, key_id: str | None = None
     ) -> None:
@@ -418,11 +426,9 @@ class GatewayApp:
         extra["client_api"] = call.client_api
         extra["stream"] = call.stream
         extra["client_status"] = call.status
-        with contextlib.suppress(_BadRequest):  # validated before routing; a call refused earlier has no plan
-            text = last_user_text(_plan_messages(call.client_api, call.body))
-            extra["prompt_sha256"] = prompt_fingerprint(text)
-            if self.record_prompts:
-                extra["prompt"] = text
+        extra["prompt_sha256"] = prompt_fingerprint(call.prompt_text)
+        if self.record_prompts:
+            extra["prompt"] = call.prompt_text
         if call.overhead_ms is not None and not call.attempts:
             extra["gateway_overhead_ms"] = round(call.overhead_ms, 3)
         if record.status == OK and (checks := automatic_checks(call.body, record)) is not None:
@@ -473,15 +479,9 @@ class GatewayApp:
             if self.access.enabled:
                 key = self._authenticate(_presented_key(scope))
                 key_id = key.id if key is not None else None
-            raw = await self._read_body(receive)
-            if raw is None:
+            body = await self._read_json_object(receive)
+            if body is None:
                 return
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise _BadRequest(400, f"the request body is not valid JSON: {exc}") from None
-            if not isinstance(body, dict):
-                raise _BadRequest(400, "the request body must be a JSON object")
             request_id = body.get("request_id")
             score = body.get("score")
             if not isinstance(request_id, str) or not request_id:

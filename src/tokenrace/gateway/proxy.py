@@ -266,6 +266,7 @@ class Call:
         "max_tokens",
         "overhead_ms",
         "plan",
+        "prompt_text",
         "reason",
         "record",
         "request_id",
@@ -299,6 +300,7 @@ class Call:
             max_tokens = body.get("max_completion_tokens")
         self.max_tokens: int | None = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None
         self.plan: Plan | None = None
+        self.prompt_text = ""  # the last user message (what routers score; fingerprinted in the record)
         self.key_id: str | None = None
         self.anthropic_headers: dict[str, str] | None = None  # anthropic-version/-beta sent by the client
         self.attempts: list[dict[str, str]] = []
@@ -629,15 +631,16 @@ class _DirectSink:
             self.error = exc
             response.detach()
             return
-        timeout, category = relay.next_wait(now, self.deadline_first, self.deadline_total, self.up.idle_s)
-        response.set_deadline(now + timeout, category, "bytes", timeout)
+        self._rearm(now)
 
     def _resume(self) -> None:
-        response = self.response
-        response.resume_reading()
-        now = asyncio.get_running_loop().time()
+        self.response.resume_reading()
+        self._rearm(asyncio.get_running_loop().time())
+
+    def _rearm(self, now: float) -> None:
+        """The next read's deadline, counted from ``now``."""
         timeout, category = self.relay.next_wait(now, self.deadline_first, self.deadline_total, self.up.idle_s)
-        response.set_deadline(now + timeout, category, "bytes", timeout)
+        self.response.set_deadline(now + timeout, category, "bytes", timeout)
 
 
 class Proxy:

@@ -112,18 +112,21 @@ def _table(comparison: Comparison) -> Table:
     for m in comparison.metrics:
         style = _STYLE.get(m.direction, "dim") if m.flagged else "dim"
         verdict = _verdict_text(m, comparison.min_change)
-        table.add_row(
-            _label(m),
-            format_value(m.a, m.unit),
-            format_value(m.b, m.unit),
-            format_delta(m.diff, m.unit),
-            _rel(m.rel_diff),
-            _interval(m),
-            _p(m),
-            Text(verdict, style=style),
-            style=None if m.flagged else "dim",
-        )
+        table.add_row(*_figures(m), Text(verdict, style=style), style=None if m.flagged else "dim")
     return table
+
+
+def _figures(m: MetricDiff) -> tuple[str, ...]:
+    """A metric's row before its verdict: name, A, B, Δ, Δ%, interval of Δ%, p (the table and markdown)."""
+    return (
+        _label(m),
+        format_value(m.a, m.unit),
+        format_value(m.b, m.unit),
+        format_delta(m.diff, m.unit),
+        _rel(m.rel_diff),
+        _interval(m),
+        _p(m),
+    )
 
 
 def _verdict_line(comparison: Comparison) -> Text:
@@ -151,16 +154,7 @@ def _markdown(comparison: Comparison) -> str:
         verdict = _verdict_text(m, comparison.min_change)
         if m.flagged:
             verdict = f"**{verdict}**"
-        cells = (
-            _label(m),
-            format_value(m.a, m.unit),
-            format_value(m.b, m.unit),
-            format_delta(m.diff, m.unit),
-            _rel(m.rel_diff),
-            _interval(m),
-            _p(m),
-            verdict,
-        )
+        cells = (*_figures(m), verdict)
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     if comparison.notes:
         lines += ["", *(f"> note: {note}" for note in comparison.notes)]

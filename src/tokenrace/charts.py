@@ -262,11 +262,7 @@ def speed_price_chart(rows: Sequence[Row], colors: Mapping[str, str] | None = No
         height=HEIGHT,
         data={"values": values},
         layer=[
-            {
-                "transform": [{"filter": "datum.front"}],
-                "mark": {"type": "line", "color": "#444", "strokeDash": [6, 4], "strokeWidth": 1.5},
-                "encoding": {"x": x, "y": y, "order": {"field": "price", "type": "quantitative"}},
-            },
+            _front_line(x, y, "price"),
             {
                 "mark": {"type": "point", "filled": True, "size": 170, "opacity": 0.95, "stroke": "#222"},
                 "encoding": {
@@ -287,13 +283,27 @@ def speed_price_chart(rows: Sequence[Row], colors: Mapping[str, str] | None = No
                     "tooltip": tooltip,
                 },
             },
-            {
-                "mark": {"type": "text", "align": "left", "dx": 10, "dy": -8, "fontSize": 12, "limit": 180},
-                "encoding": {"x": x, "y": y, "text": {"field": "endpoint"}, "color": {"value": "#333"}},
-            },
+            _endpoint_labels(x, y),
         ],
     )
     return spec
+
+
+def _front_line(x: dict[str, Any], y: dict[str, Any], order: str) -> Spec:
+    """The dashed line through the points on the front (``datum.front``), drawn in ``order``."""
+    return {
+        "transform": [{"filter": "datum.front"}],
+        "mark": {"type": "line", "color": "#444", "strokeDash": [6, 4], "strokeWidth": 1.5},
+        "encoding": {"x": x, "y": y, "order": {"field": order, "type": "quantitative"}},
+    }
+
+
+def _endpoint_labels(x: dict[str, Any], y: dict[str, Any]) -> Spec:
+    """Each point's endpoint name beside it."""
+    return {
+        "mark": {"type": "text", "align": "left", "dx": 10, "dy": -8, "fontSize": 12, "limit": 180},
+        "encoding": {"x": x, "y": y, "text": {"field": "endpoint"}, "color": {"value": "#333"}},
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,11 +363,7 @@ def quality_speed_chart(rows: Sequence[Row], colors: Mapping[str, str] | None = 
         height=HEIGHT,
         data={"values": values},
         layer=[
-            {
-                "transform": [{"filter": "datum.front"}],
-                "mark": {"type": "line", "color": "#444", "strokeDash": [6, 4], "strokeWidth": 1.5},
-                "encoding": {"x": x, "y": y, "order": {"field": "speed", "type": "quantitative"}},
-            },
+            _front_line(x, y, "speed"),
             {
                 "transform": [{"filter": "datum.ci_low != null"}],
                 "mark": {"type": "rule", "strokeWidth": 2.5, "opacity": 0.6},
@@ -367,10 +373,7 @@ def quality_speed_chart(rows: Sequence[Row], colors: Mapping[str, str] | None = 
                 "mark": {"type": "point", "filled": True, "size": 150, "opacity": 0.95},
                 "encoding": {"x": x, "y": y, "color": color, "tooltip": tooltip},
             },
-            {
-                "mark": {"type": "text", "align": "left", "dx": 10, "dy": -8, "fontSize": 12, "limit": 180},
-                "encoding": {"x": x, "y": y, "text": {"field": "endpoint"}, "color": {"value": "#333"}},
-            },
+            _endpoint_labels(x, y),
         ],
     )
     return spec

@@ -26,7 +26,7 @@ from typing import Any
 
 from tokenrace import __version__, charts
 from tokenrace.charts import ContextBucket, Spec, SweepStep
-from tokenrace.leaderboard import EmptySelectionError, Leaderboard, Row, build_leaderboard, select_runs
+from tokenrace.leaderboard import EmptySelectionError, Leaderboard, Row, build_leaderboard, cost_text, select_runs
 from tokenrace.metrics import e2e_ms, summarize, ttft_ms
 from tokenrace.monitor import monitor_series
 from tokenrace.records import FAILED, GATEWAY_WORKLOAD, OK, PHASE_WARMUP, RequestRecord, RunInfo
@@ -431,14 +431,6 @@ def _num(value: float | None, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _money(value: float | None, source: str) -> str:
-    if value is None:
-        return "unpriced" if source.startswith("unknown") else "–"
-    if value == 0:
-        return "free"
-    return f"${value:,.4f}" if value < 10 else f"${value:,.2f}"
-
-
 def _code(text: str) -> str:
     """Escape, then show `backticked` spans as code."""
     parts = _esc(text).split("`")
@@ -485,8 +477,8 @@ def _table(rows: Sequence[Row], colors: dict[str, str]) -> str:
             f"<td>{_num(r.output_speed_p50)}</td><td>{_num(r.ttft_p50_ms)}</td><td>{_num(r.ttft_p95_ms)}</td>"
             f"<td>{_num(r.e2e_p50_ms, 0)}</td><td>{_num(r.e2e_p95_ms, 0)}</td><td>{throughput}</td>"
             f"<td>{quality}</td>"
-            f'<td title="{_esc(r.price_source)}">{_money(r.usd_per_1m_tokens, r.price_source)}</td>'
-            f'<td title="{_esc(r.price_source)}">{_money(r.usd_per_1k_requests, r.price_source)}</td>'
+            f'<td title="{_esc(r.price_source)}">{cost_text(r.usd_per_1m_tokens, r.price_source, "$")}</td>'
+            f'<td title="{_esc(r.price_source)}">{cost_text(r.usd_per_1k_requests, r.price_source, "$")}</td>'
             f"<td>{r.completed:,} / {r.failed:,}</td></tr>"
         )
     rows_html = "".join(body)

@@ -124,6 +124,15 @@ def select_runs(
     return runs
 
 
+def cost_text(value: float | None, price_source: str, currency: str = "") -> str:
+    """A row's cost for people: "unpriced" when no price is known, "free" at $0, 4 decimals under 10."""
+    if value is None:
+        return "unpriced" if price_source.startswith("unknown") else "–"
+    if value == 0:
+        return "free"
+    return f"{currency}{value:,.4f}" if value < 10 else f"{currency}{value:,.2f}"
+
+
 def with_feedback(store: Store, run_id: str, records: Sequence[RequestRecord]) -> list[RequestRecord]:
     """Live traffic is scored by its clients: a gateway call's quality is its latest ``/v1/feedback`` score.
 

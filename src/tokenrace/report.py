@@ -10,7 +10,7 @@ from rich import box
 from rich.console import Group
 from rich.table import Table
 
-from tokenrace.leaderboard import OVERALL, Row
+from tokenrace.leaderboard import OVERALL, Row, cost_text
 from tokenrace.recommend import Recommendation
 from tokenrace.records import RunInfo
 
@@ -246,8 +246,8 @@ def leaderboard_table(rows: Sequence[Row], title: str = "leaderboard") -> Group:
                 cells.append(_quality(row))
             if show_cost:
                 cells += [
-                    _money(row.usd_per_1m_tokens, row.price_source),
-                    _money(row.usd_per_1k_requests, row.price_source),
+                    cost_text(row.usd_per_1m_tokens, row.price_source),
+                    cost_text(row.usd_per_1k_requests, row.price_source),
                     _fmt(row.speed_per_usd, 1) if row.speed_per_usd is not None else "–",
                 ]
             table.add_row(*cells)
@@ -276,14 +276,6 @@ def _quality(row: Row) -> str:
         return f"{row.quality:.2f}"
     low, high = row.quality_ci95
     return f"{row.quality:.2f} [{low:.2f}–{high:.2f}]"
-
-
-def _money(value: float | None, source: str) -> str:
-    if value is None:
-        return "unpriced" if source.startswith("unknown") else "–"
-    if value == 0:
-        return "free"
-    return f"{value:,.4f}" if value < 10 else f"{value:,.2f}"
 
 
 def recommendation_renderable(rec: Recommendation, limit: int = 5) -> Group:

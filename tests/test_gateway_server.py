@@ -104,16 +104,23 @@ def read_response(conn: socket.socket, buffer: bytearray | None = None) -> tuple
     return status, headers, bytes(body)
 
 
+async def lifespan(receive: Any, send: Any, on_shutdown: Callable[[], None] = lambda: None) -> None:
+    """The ASGI lifespan protocol, taking part in both steps."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            on_shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def echo_app(scope: Scope, receive: Any, send: Any) -> None:
     """Echoes method, path, query and body; ``/stream`` answers in three chunks."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     body = b""
     while True:
         message = await receive()
@@ -268,14 +275,8 @@ def test_shutdown_cancels_calls_in_flight_after_the_grace_period(serve: Callable
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    events.append("shutdown")
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send, on_shutdown=lambda: events.append("shutdown"))
+            return
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:

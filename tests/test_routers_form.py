@@ -54,29 +54,21 @@ def _table(n_subjects: int = 12, per_subject: int = 60, seed: int = 0, broken: s
     return OutcomeTable(prompts=prompts, groups=np.array(groups), models=("weak", "strong"), scores=np.array(rows))
 
 
+def _named(text: str) -> dict[str, float]:
+    return dict(zip(FORM_FEATURE_NAMES, form_features(text), strict=True))
+
+
 def test_form_features_read_the_form() -> None:
-    completion = dict(
-        zip(
-            FORM_FEATURE_NAMES,
-            form_features("The bone of the thigh is the\nA. femur\nB. ulna\nC. tibia\nD. radius\nAnswer:"),
-            strict=True,
-        )
-    )
+    completion = _named("The bone of the thigh is the\nA. femur\nB. ulna\nC. tibia\nD. radius\nAnswer:")
     assert completion["short_options"] == 1.0
     assert completion["completion_stem"] == 1.0
-    posed = dict(
-        zip(
-            FORM_FEATURE_NAMES,
-            form_features("Which of the following is true?\nA. It rains in the desert often\nB. Two\nAnswer:"),
-            strict=True,
-        )
-    )
+    posed = _named("Which of the following is true?\nA. It rains in the desert often\nB. Two\nAnswer:")
     assert posed["short_options"] == 0.0
     assert posed["completion_stem"] == 0.0
     assert posed["which_of_following"] == 1.0
     plain = form_features("Tell me about cats")  # no options: not "short options", whatever the stem
     assert len(plain) == len(FORM_FEATURE_NAMES)
-    assert dict(zip(FORM_FEATURE_NAMES, plain, strict=True))["short_options"] == 0.0
+    assert _named("Tell me about cats")["short_options"] == 0.0
     assert len(form_features("")) == len(FORM_FEATURE_NAMES)
 
 

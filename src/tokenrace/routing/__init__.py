@@ -1,7 +1,8 @@
 """Routing between a weak and a strong model: outcome tables, evaluation (APGR, CPT), routers.
 
 ``outcomes`` builds the per-prompt table a router learns from, ``evaluate`` judges a router on subjects it
-never saw, ``routers`` holds the routers (length rule, question-form features, k-NN on MiniLM, hybrid).
+never saw, ``routers`` holds the routers (length rule, question-form features, ``form``, k-NN on MiniLM,
+hybrid).
 """
 
 from tokenrace.routing.evaluate import (
@@ -14,11 +15,18 @@ from tokenrace.routing.evaluate import (
     split_by_subject,
     within_group_apgr,
 )
-from tokenrace.routing.outcomes import OutcomeTable, from_benchmark_runs, from_jsonl, load_routellm_mmlu
-from tokenrace.routing.routers import FeatureRouter, HybridRouter, KNNRouter, LengthRouter, load_router
+from tokenrace.routing.outcomes import (
+    OutcomeTable,
+    from_benchmark_runs,
+    from_gateway_feedback,
+    from_jsonl,
+    load_routellm_mmlu,
+)
+from tokenrace.routing.routers import FeatureRouter, FormRouter, HybridRouter, KNNRouter, LengthRouter, load_router
 
 __all__ = [
     "FeatureRouter",
+    "FormRouter",
     "HybridRouter",
     "KNNRouter",
     "LengthRouter",
@@ -26,6 +34,7 @@ __all__ = [
     "RoutingCurve",
     "evaluate",
     "from_benchmark_runs",
+    "from_gateway_feedback",
     "from_jsonl",
     "kfold_by_subject",
     "load_routellm_mmlu",

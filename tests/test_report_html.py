@@ -233,7 +233,8 @@ def router_eval_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = folder / "outcomes.jsonl"
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = folder / "router-eval.json"
-    args = ["router", "eval", "--data", str(data), "-r", "length", "-r", "features", "--folds", "3", "--json", str(out)]
+    args = ["router", "eval", "--data", str(data), "-r", "length", "-r", "features", "--folds", "3", "--splits", "3"]
+    args += ["--json", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return out
@@ -527,10 +528,14 @@ def test_routing_section_shows_curves_table_and_split_escaped(
     data = htmlreport.collect_report(full_store)
     page = htmlreport.render_html(data, routing=[router_eval_doc])
     assert 'id="section-routing"' in page and 'id="chart-routing" data-chart="routing"' in page
-    for router in ("length", "features", "random", "oracle", "always-weak", "always-strong"):
+    for router in ("length", "features", "random", "subject-oracle", "oracle", "always-weak", "always-strong"):
         assert f'data-router="{router}"' in page
     for text in ("APGR", "CPT(50%)", "CPT(80%)", "3 folds, mean ± std", "test fraction 0.2, seed 0", "outcomes.jsonl"):
         assert text in page
+    # the repeated-splits columns: the features router's mean ± std over the 3 splits, as the JSON has it
+    assert "3 splits, mean ± std" in page and "3 splits, mean" in page
+    features = next(r for r in router_eval_doc["splits"]["rows"] if r["router"] == "features")
+    assert f"{features['apgr']['mean']:.4f} ± {features['apgr']['std']:.4f}" in page
     assert "weak <code>small</code>, strong <code>big</code>" in page
     specs = htmlreport.routing_specs([router_eval_doc])
     assert specs["routing"] is not None

@@ -85,7 +85,7 @@ def test_train_then_eval_the_saved_router(trained: Path, outcomes: Path, tmp_pat
     assert result.exit_code == 0, result.output
     report = orjson.loads(result.output)
     rows = {row["router"]: row for row in report["held_out"]["rows"]}
-    assert set(rows) == {"random", "oracle", "file:router.npz", "length"}
+    assert set(rows) == {"random", "subject-oracle", "oracle", "file:router.npz", "length"}
     assert rows["random"]["apgr"] == pytest.approx(0.5)
     assert rows["file:router.npz"]["apgr"] > 0.6  # it learned the hard shape (it also saw these subjects)
     assert rows["file:router.npz"]["p50_ms"] is not None
@@ -106,12 +106,39 @@ def test_eval_png_json_and_html(outcomes: Path, tmp_path: Path) -> None:
     doc = orjson.loads(saved.read_bytes())
     assert doc["kind"] == "tokenrace-router-eval" and (doc["weak"], doc["strong"]) == ("small", "big")
     curves = doc["held_out"]["curves"]
-    assert set(curves) == {"length", "features", "random", "oracle", "always-weak", "always-strong"}
+    assert set(curves) == {"length", "features", "form", "random", "oracle", "always-weak", "always-strong"}
     share, pgr = curves["oracle"]
     assert share[0] == 0 and share[-1] == 1 and pgr[-1] == pytest.approx(1.0)
     html = page.read_text(encoding="utf-8")
     assert html.startswith("<!doctype html>") and 'id="chart-routing"' in html and "vegaEmbed" in html
     assert str(saved) in result.output.replace("\n", "") and str(page) in result.output.replace("\n", "")
+
+
+def test_eval_over_repeated_splits(outcomes: Path, tmp_path: Path) -> None:
+    """--splits N: every router fitted and judged on N distinct by-subject splits, figures summarised."""
+    args = ["router", "eval", "--data", str(outcomes), "--router", "length", "--router", "features"]
+    result = runner.invoke(app, [*args, "--splits", "4", "--seed", "2", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    splits = orjson.loads(result.output)["splits"]
+    assert splits["count"] == 4 and splits["seeds"][0] == 2 and splits["skipped_seeds"] == []
+    rows = {row["router"]: row for row in splits["rows"]}
+    assert list(rows) == ["random", "subject-oracle", "oracle", "length", "features"]
+    assert rows["random"]["apgr"]["mean"] == pytest.approx(0.5) and rows["random"]["apgr"]["std"] == pytest.approx(0)
+    for row in rows.values():
+        apgr = row["apgr"]
+        assert apgr["min"] <= apgr["median"] <= apgr["max"] and apgr["min"] <= apgr["mean"] <= apgr["max"]
+        assert apgr["max"] <= rows["oracle"]["apgr"]["max"] + 1e-9
+    # The synthetic hard questions have a shape the feature router learns on subjects it never saw.
+    assert rows["features"]["apgr"]["min"] > 0.6 and rows["features"]["cpt50"]["mean"] < 0.4
+    # The mean over splits is the mean of each split's own figure (split 2 alone, as the held-out view shows).
+    first = runner.invoke(app, [*args, "--seed", "2", "--format", "json"])
+    single = {row["router"]: row["apgr"] for row in orjson.loads(first.output)["held_out"]["rows"]}
+    assert rows["features"]["apgr"]["min"] <= single["features"] <= rows["features"]["apgr"]["max"]
+    table = runner.invoke(app, [*args, "--splits", "3"])
+    assert table.exit_code == 0, table.output
+    assert "3 held-out splits by subject" in table.output and "subject-oracle" in table.output
+    refused = runner.invoke(app, [*args, "--splits", "1"])
+    assert refused.exit_code == 2 and "--splits 1" in refused.output
 
 
 def test_eval_and_train_from_paired_benchmark_runs(store: Store, tmp_path: Path) -> None:

@@ -18,9 +18,12 @@ from tokenrace.routing.evaluate import (
     kfold_by_subject,
     oracle,
     random_router,
+    repeated_splits,
     routing_curve,
     split_by_subject,
+    spread,
     subject_folds,
+    subject_oracle,
 )
 from tokenrace.routing.outcomes import OutcomeTable, from_benchmark_runs, from_jsonl, load_routellm_mmlu
 from tokenrace.routing.routers import (
@@ -108,6 +111,33 @@ def test_a_gap_that_is_not_positive_is_refused() -> None:
         routing_curve(np.ones(3), np.ones(3), np.arange(3.0))
     with pytest.raises(ValueError, match="NaN"):
         routing_curve(W, S, np.array([1.0, np.nan, 0, 0, 0]))
+
+
+def test_subject_oracle_by_hand() -> None:
+    # Group a: gains +1, +1, −1 (mean 1/3); group b: gains 0, +1 (mean 1/2); Σg = 2.
+    w = np.array([0, 0, 1, 0, 0], dtype=float)
+    s = np.array([1, 1, 0, 0, 1], dtype=float)
+    table = OutcomeTable(
+        prompts=list("abcde"), groups=np.array(["a", "a", "a", "b", "b"]), models=("w", "s"), scores=np.c_[w, s]
+    )
+    scores = subject_oracle(table)
+    assert scores.tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 0.5, 0.5])
+    # b first (each prompt counts 1/2), then a (each 1/3): G = 0, 1/2, 1, 4/3, 5/3, 2; PGR = G / 2.
+    curve = evaluate(table, scores)
+    assert curve.pgr.tolist() == pytest.approx([0, 1 / 4, 1 / 2, 2 / 3, 5 / 6, 1])
+    assert curve.apgr == pytest.approx(0.2 * (1 / 8 + 3 / 8 + 7 / 12 + 3 / 4 + 11 / 12))
+    # It can never beat the oracle, and knowing subjects that differ beats random.
+    assert evaluate(table, oracle(table)).apgr > curve.apgr > 0.5
+
+
+def test_spread_over_splits() -> None:
+    summary = spread([0.5, 0.7, 0.6, 0.9])
+    assert summary == pytest.approx(
+        {"mean": 0.675, "std": float(np.std([0.5, 0.7, 0.6, 0.9], ddof=1)), "median": 0.65, "min": 0.5, "max": 0.9}
+    )
+    assert spread([0.4])["std"] == 0.0
+    with pytest.raises(ValueError):
+        spread([])
 
 
 # --- loaders ------------------------------------------------------------------------------------------
@@ -244,6 +274,23 @@ def test_split_by_subject_keeps_subjects_disjoint() -> None:
     assert sorted(seen) == table.subjects
     with pytest.raises(ValueError):
         list(kfold_by_subject(table, k=13))
+
+
+def test_repeated_splits_are_distinct_and_disjoint() -> None:
+    table = _synthetic()
+    drawn = list(repeated_splits(table, 5, test_fraction=0.25, seed=7))
+    assert len(drawn) == 5
+    assert [seed for seed, _, _ in drawn] == sorted(seed for seed, _, _ in drawn) and drawn[0][0] == 7
+    keys = {tuple(sorted(test.subjects)) for _, _, test in drawn}
+    assert len(keys) == 5  # no split repeated
+    for seed, train, test in drawn:
+        assert set(train.subjects).isdisjoint(test.subjects)
+        assert split_by_subject(table, 0.25, seed)[1].subjects == test.subjects
+    # Two subjects hold only two distinct 50% splits, however many are asked for.
+    two = OutcomeTable(
+        prompts=list("abcd"), groups=np.array(["x", "x", "y", "y"]), models=("w", "s"), scores=np.c_[W[:4], S[:4]]
+    )
+    assert len(list(repeated_splits(two, 10, test_fraction=0.5))) == 2
 
 
 # --- routers ------------------------------------------------------------------------------------------

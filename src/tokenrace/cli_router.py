@@ -229,10 +229,7 @@ def held_out(table: Any, candidates: Sequence[_Candidate], test_fraction: float,
             '("group" in --prompts, or in the --data JSONL)'
         )
     train, test = split(table, test_fraction, seed)
-    rows = [
-        _row("random", evaluate(test, random_router(test))),
-        _row("oracle", evaluate(test, oracle(test))),
-    ]
+    rows = [_row(name, evaluate(test, scores(test))) for name, scores in _baselines()]
     curves: dict[str, tuple[list[float], list[float]]] = {}
     rng = np.random.default_rng(seed)
     sample = [test.prompts[i] for i in rng.permutation(len(test))[:LATENCY_PROMPTS]]
@@ -256,14 +253,53 @@ def held_out(table: Any, candidates: Sequence[_Candidate], test_fraction: float,
     }
 
 
+def _baselines() -> list[tuple[str, Callable[[Any], Any]]]:
+    """The reference routers every table shows: random, knowing each held-out subject's mean gain, knowing all."""
+    from tokenrace.routing.evaluate import oracle, random_router, subject_oracle
+
+    return [("random", random_router), ("subject-oracle", subject_oracle), ("oracle", oracle)]
+
+
+def repeated(
+    table: Any, candidates: Sequence[_Candidate], count: int, test_fraction: float, seed: int
+) -> dict[str, Any]:
+    """Each candidate fitted and judged on ``count`` distinct by-subject splits: APGR, CPT(50%), CPT(80%)
+    summarised over them (mean, std, median, min, max), with the baselines. One split's figures hang on
+    which subjects it drew; this is the figure to compare routers by."""
+    from tokenrace.routing.evaluate import evaluate, repeated_splits, spread
+
+    names = [name for name, _ in _baselines()] + [c.name for c in candidates]
+    per: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    seeds: list[int] = []
+    skipped: list[int] = []
+    for split_seed, train, test in repeated_splits(table, count, test_fraction, seed):
+        w, s = test.pair()
+        if s.sum() <= w.sum():  # no gap to recover on these subjects: PGR is undefined
+            skipped.append(split_seed)
+            continue
+        seeds.append(split_seed)
+        for name, scores in _baselines():
+            per[name].append(evaluate(test, scores(test)).summary())
+        for candidate in candidates:
+            per[candidate.name].append(evaluate(test, candidate.fitted(train).score(test.prompts)).summary())
+    if not seeds:
+        raise UserError("no split by subject has the strong model ahead of the weak one: nothing to recover")
+    rows = [
+        {"router": name, **{key: spread([r[key] for r in per[name]]) for key in ("apgr", "cpt50", "cpt80")}}
+        for name in names
+    ]
+    return {"count": len(seeds), "asked": count, "seeds": seeds, "skipped_seeds": skipped, "rows": rows}
+
+
 def kfold(table: Any, candidates: Sequence[_Candidate], folds: int, seed: int) -> list[dict[str, Any]]:
     """Mean ± std over subject folds of APGR, CPT(50%) and CPT(80%)."""
-    from tokenrace.routing.evaluate import evaluate, kfold_by_subject, mean_std, oracle, random_router
+    from tokenrace.routing.evaluate import evaluate, kfold_by_subject, mean_std
 
-    per: dict[str, list[dict[str, float]]] = {"random": [], "oracle": [], **{c.name: [] for c in candidates}}
+    per: dict[str, list[dict[str, float]]] = {name: [] for name, _ in _baselines()}
+    per.update({c.name: [] for c in candidates})
     for train, test in kfold_by_subject(table, folds, seed):
-        per["random"].append(evaluate(test, random_router(test)).summary())
-        per["oracle"].append(evaluate(test, oracle(test)).summary())
+        for name, scores in _baselines():
+            per[name].append(evaluate(test, scores(test)).summary())
         for candidate in candidates:
             per[candidate.name].append(evaluate(test, candidate.fitted(train).score(test.prompts)).summary())
     out = []
@@ -320,7 +356,10 @@ def _held_out_table(result: dict[str, Any]) -> Table:
     weak, strong = result["always_weak_quality"], result["always_strong_quality"]
     table.add_row("always-weak", "-", "never", "never", "-", "-")
     table.add_row("always-strong", "-", "100.0%", "100.0%", "-", "-")
-    table.caption = f"quality: always-weak {weak:.4f}, always-strong {strong:.4f} (PGR 0 and 1)"
+    table.caption = (
+        f"quality: always-weak {weak:.4f}, always-strong {strong:.4f} (PGR 0 and 1); subject-oracle knows each "
+        "held-out subject's mean gain and nothing about single prompts"
+    )
     return table
 
 
@@ -332,6 +371,36 @@ def _print_held_out(result: dict[str, Any], test_fraction: float, seed: int) -> 
         highlight=False,
     )
     console.print(_held_out_table(result))
+
+
+def _splits_table(result: dict[str, Any], test_fraction: float, has_file: bool) -> Table:
+    seeds = result["seeds"]
+    asked = f"; {result['asked']} asked" if result["count"] < result["asked"] else ""
+    title = (
+        f"{result['count']} held-out splits by subject (test fraction {test_fraction:g}, "
+        f"seeds {seeds[0]}…{seeds[-1]}{asked})"
+    )
+    table = Table(title=title, title_justify="left")
+    for col in ("router", "APGR mean ± std", "median", "min … max", "CPT(50%) mean", "median", "CPT(80%) mean"):
+        table.add_column(col, justify="left" if col == "router" else "right")
+    for row in result["rows"]:
+        apgr, c50, c80 = row["apgr"], row["cpt50"], row["cpt80"]
+        table.add_row(
+            row["router"],
+            f"{apgr['mean']:.4f} ± {apgr['std']:.4f}",
+            f"{apgr['median']:.4f}",
+            f"{apgr['min']:.4f} … {apgr['max']:.4f}",
+            f"{c50['mean']:.1%}",
+            f"{c50['median']:.1%}",
+            f"{c80['mean']:.1%}",
+        )
+    notes = []
+    if result["skipped_seeds"]:
+        notes.append(f"skipped (strong not ahead of weak there): seeds {', '.join(map(str, result['skipped_seeds']))}")
+    if has_file:
+        notes.append("a router FILE is scored as saved: splits holding subjects it was trained on flatter it")
+    table.caption = "; ".join(notes) or None
+    return table
 
 
 def write_png(curves: dict[str, tuple[list[float], list[float]]], directory: Path) -> Path:
@@ -363,6 +432,7 @@ def eval_document(
     test_fraction: float,
     seed: int,
     folds: int,
+    splits: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The result of `router eval` as one JSON document: what `--format json` prints and `--json FILE` keeps
     (with the curves, for `tokenrace report --router-eval` and `--html`)."""
@@ -383,6 +453,7 @@ def eval_document(
         "folds": folds if folded is not None else None,
         "held_out": {**result, "curves": round_curves(result["curves"])},
         "kfold": folded,
+        "splits": splits,
     }
 
 
@@ -400,6 +471,14 @@ def router_eval(
     test_fraction: TestFractionOpt = 0.2,
     seed: SeedOpt = 0,
     folds: Annotated[int, typer.Option("--folds", help="also k-fold by subject with this many folds (> 1)")] = 0,
+    splits: Annotated[
+        int,
+        typer.Option(
+            "--splits",
+            help="also this many distinct held-out splits by subject (seeds --seed, --seed+1, ...): "
+            "mean, median and range of each figure",
+        ),
+    ] = 0,
     png: Annotated[Path | None, typer.Option("--png", help="write the quality-vs-strong-share chart here")] = None,
     json_out: Annotated[
         Path | None,
@@ -420,13 +499,18 @@ def router_eval(
     A named kind is fitted on the training subjects of the split (and of each fold); a FILE.npz is scored
     as saved, so its figures are honest only if it was trained without the held-out subjects
     (`router train --exclude-test-subjects` with the same --test-fraction and --seed). knn and hybrid
-    embed every prompt with MiniLM: minutes on the full MMLU set. `--json FILE` keeps the result with its
+    embed every prompt with MiniLM: minutes on the full MMLU set. One split's figures hang on which subjects
+    it drew (on MMLU the same router scores APGR 0.53 on one 20% split, 0.93 on another): `--splits 20`
+    fits and judges every router on 20 distinct splits and prints mean, median and range, the figures to
+    compare routers by. `--json FILE` keeps the result with its
     curves for `tokenrace report --router-eval FILE`; `--html FILE` writes the curves and table as one page.
     """
     with _user_errors():
         if fmt not in FORMATS:
             raise UserError(f"unknown --format {fmt!r}; valid: {', '.join(FORMATS)}")
-        candidates = [_Candidate(spec) for spec in (router or ["length", "features"])]
+        if splits < 0 or splits == 1:
+            raise UserError(f"--splits {splits}: give 2 or more (0 = off)")
+        candidates = [_Candidate(spec) for spec in (router or ["length", "features", "form"])]
         names = [c.name for c in candidates]
         if len(set(names)) != len(names):
             raise UserError(f"a router was given twice: {', '.join(names)}")
@@ -435,9 +519,17 @@ def router_eval(
         )
         result = held_out(table, candidates, test_fraction, seed)
         folded = kfold(table, candidates, folds, seed) if folds > 1 else None
+        spread = repeated(table, candidates, splits, test_fraction, seed) if splits else None
         png_path = write_png(result["curves"], png) if png is not None else None
         doc = eval_document(
-            table, _describe(table, data), result, folded, test_fraction=test_fraction, seed=seed, folds=folds
+            table,
+            _describe(table, data),
+            result,
+            folded,
+            test_fraction=test_fraction,
+            seed=seed,
+            folds=folds,
+            splits=spread,
         )
         written = _write_outputs(doc, json_out, html_out)
     if fmt == "json":
@@ -461,6 +553,8 @@ def router_eval(
         if any(c.file is not None for c in candidates):
             kt.caption = "a router FILE is scored as saved: folds holding subjects it was trained on flatter it"
         console.print(kt)
+    if spread is not None:
+        console.print(_splits_table(spread, test_fraction, any(c.file is not None for c in candidates)))
     for path in [png_path, *written.values()]:
         if path is not None:
             console.print(f"wrote {path}", highlight=False, soft_wrap=True)
@@ -486,7 +580,7 @@ def _write_outputs(doc: dict[str, Any], json_out: Path | None, html_out: Path | 
 @router_app.command("train")
 def router_train(
     output: Annotated[Path, typer.Option("--output", "-o", help="router file to write (.npz)")],
-    router: Annotated[str, typer.Option("--router", "-r", help="length | features | form | knn | hybrid")] = "features",
+    router: Annotated[str, typer.Option("--router", "-r", help="length | features | form | knn | hybrid")] = "form",
     data: DataOpt = None,
     exclude_test_subjects: Annotated[
         bool,

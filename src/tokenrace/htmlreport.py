@@ -673,6 +673,7 @@ _ROUTING_COLUMNS = (
 )
 _BASELINES = {
     "random": "exact expectation over random orders",
+    "subject-oracle": "knows each held-out subject's mean gain, nothing about single prompts",
     "oracle": "knows each prompt's outcome",
 }
 
@@ -689,6 +690,14 @@ def _routing_table(doc: Mapping[str, Any], colors: Mapping[str, str]) -> str:
         folds = doc.get("folds")
         label = f"{folds} folds" if folds else "k-fold"
         columns.append(("APGR", f"{label}, mean ± std", "APGR over folds of subjects: each fold held out in turn"))
+    spread = doc.get("splits") if isinstance(doc.get("splits"), dict) else {}
+    split_rows = {str(r.get("router")): r for r in spread.get("rows") or [] if isinstance(r, dict)}
+    if split_rows:
+        label = f"{spread.get('count', '?')} splits"
+        columns.append(
+            ("APGR", f"{label}, mean ± std", "APGR over distinct held-out splits by subject, the router fitted on each")
+        )
+        columns.append(("CPT(50%)", f"{label}, mean", "CPT(50%) over the same splits"))
     head = "".join(
         f'<th title="{_esc(tip)}">{_esc(name)}' + (f'<span class="unit">{_esc(unit)}</span>' if unit else "") + "</th>"
         for name, unit, tip in columns
@@ -713,6 +722,14 @@ def _routing_table(doc: Mapping[str, Any], colors: Mapping[str, str]) -> str:
             cells.append(
                 f"<td>{float(fold['apgr']):.4f} ± {float(fold['apgr_std']):.4f}</td>" if fold else "<td>–</td>"
             )
+        if split_rows:
+            split = split_rows.get(name)
+            cells.append(
+                f"<td>{float(split['apgr']['mean']):.4f} ± {float(split['apgr']['std']):.4f}</td>"
+                f"<td>{_fraction(split['cpt50']['mean'])}</td>"
+                if split
+                else "<td>–</td><td>–</td>"
+            )
         body.append(f'<tr class="{"baseline" if baseline else ""}" data-router="{_esc(name)}">{"".join(cells)}</tr>')
     ends = []
     for name, apgr, cpt, quality in (
@@ -723,7 +740,10 @@ def _routing_table(doc: Mapping[str, Any], colors: Mapping[str, str]) -> str:
         ends.append(
             f'<tr class="baseline" data-router="{name}"><td class="name"><span class="swatch" '
             f'style="background:{colors.get(name, "#888")}"></span>{name}{q}</td><td>{apgr}</td><td>{cpt}</td>'
-            f"<td>{cpt}</td><td>–</td>" + ("<td>–</td>" if kfold else "") + "</tr>"
+            f"<td>{cpt}</td><td>–</td>"
+            + ("<td>–</td>" if kfold else "")
+            + ("<td>–</td><td>–</td>" if split_rows else "")
+            + "</tr>"
         )
     return (
         f'<div class="table-wrap"><table class="board routing"><thead><tr>{head}</tr></thead>'

@@ -11,8 +11,11 @@ from tokenrace.routing.evaluate import (
     kfold_by_subject,
     oracle,
     random_router,
+    repeated_splits,
     routing_curve,
     split_by_subject,
+    spread,
+    subject_oracle,
     within_group_apgr,
 )
 from tokenrace.routing.outcomes import (
@@ -41,7 +44,10 @@ __all__ = [
     "load_router",
     "oracle",
     "random_router",
+    "repeated_splits",
     "routing_curve",
     "split_by_subject",
+    "spread",
+    "subject_oracle",
     "within_group_apgr",
 ]

@@ -176,6 +176,28 @@ def test_eval_and_train_from_paired_benchmark_runs(store: Store, tmp_path: Path)
     assert one.exit_code == 2 and "two or more runs" in one.output
 
 
+def test_train_calibrates_to_a_willingness_to_pay(outcomes: Path, tmp_path: Path) -> None:
+    """--pay: the strong share worth its price, read off the held-out curve, printed as premium_share."""
+    args = ["router", "train", "--router", "features", "--data", str(outcomes), "-o", str(tmp_path / "r.npz")]
+
+    def share(pay: str, costs: str) -> float:
+        result = runner.invoke(app, [*args, "--pay", pay, "--costs", costs])
+        assert result.exit_code == 0, result.output
+        assert "premium_share:" in result.output
+        return float(result.output.split("premium_share:")[1].split()[0])
+
+    # A correct answer worth 1 and a strong call 0.1 dearer: worth it for the hard ~40% (each gains ~0.9),
+    # not for the easy ones (they gain nothing), so the share sits near the hard share, well inside (0, 1).
+    fair = share("1", "0.001,0.1")
+    assert 0.2 < fair < 0.6
+    assert share("0.05", "0.001,0.1") == 0.0  # a strong call costs more than any answer is worth
+    assert share("1000", "0.001,0.1") >= fair  # paying more never buys fewer strong calls
+    missing = runner.invoke(app, [*args, "--pay", "1"])
+    assert missing.exit_code == 2 and "--costs WEAK,STRONG" in missing.output
+    bad = runner.invoke(app, [*args, "--pay", "1", "--costs", "cheap,dear"])
+    assert bad.exit_code == 2 and "two numbers" in bad.output
+
+
 def test_eval_and_train_refuse_bad_input(outcomes: Path, tmp_path: Path) -> None:
     missing = runner.invoke(app, ["router", "eval", "--data", str(outcomes), "--router", str(tmp_path / "no.npz")])
     assert missing.exit_code == 2 and "router file not found" in missing.output

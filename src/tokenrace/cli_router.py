@@ -588,6 +588,18 @@ def router_train(
     ] = False,
     test_fraction: TestFractionOpt = 0.2,
     seed: SeedOpt = 0,
+    pay: Annotated[
+        float | None,
+        typer.Option(
+            "--pay",
+            help="what one more correct answer (one unit of score) is worth to you, in the costs' currency: "
+            "prints the premium_share that maximises its value minus its cost on the held-out curve",
+        ),
+    ] = None,
+    costs: Annotated[
+        str | None,
+        typer.Option("--costs", help="WEAK,STRONG cost per call for --pay \\[default: the outcome table's costs]"),
+    ] = None,
     runs: RunsOpt = None,
     from_feedback: FeedbackOpt = False,
     prompts: PromptsOpt = None,
@@ -597,7 +609,9 @@ def router_train(
     """Train a router and save it for `gateway.difficulty` (and `router eval --router FILE`).
 
     The held-out figures printed come from the same kind fitted on the training subjects of the split;
-    without --exclude-test-subjects the saved router then goes on to learn from every subject.
+    without --exclude-test-subjects the saved router then goes on to learn from every subject. With
+    --pay, the strong-call share worth paying for is read off the held-out curve and printed as the
+    cascade's `premium_share` (a target share needs no flag: `premium_share` is that target).
     """
     with _user_errors():
         _check_kind(router)
@@ -607,6 +621,7 @@ def router_train(
         from tokenrace.routing.evaluate import split_by_subject
 
         train, _test = split_by_subject(table, test_fraction, seed)
+        price = _prices(table, costs) if pay is not None else None
         result = held_out(table, [_Candidate(router)], test_fraction, seed)
         fitted_on = train if exclude_test_subjects else table
         t0 = time.perf_counter()
@@ -623,3 +638,40 @@ def router_train(
     )
     _print_held_out(result, test_fraction, seed)
     console.print(f"use it: gateway.difficulty: {output}", highlight=False)
+    if pay is not None and price is not None:
+        _print_price_choice(result, router, pay, *price)
+
+
+def _prices(table: Any, costs: str | None) -> tuple[float, float]:
+    """(weak, strong) cost per call: from --costs, else from the outcome table."""
+    if costs is not None:
+        parts = [p.strip() for p in costs.split(",")]
+        try:
+            weak, strong = (float(p) for p in parts)
+        except ValueError:
+            raise UserError(f"--costs {costs!r}: give two numbers, WEAK,STRONG cost per call") from None
+        if weak < 0 or strong < 0:
+            raise UserError(f"--costs {costs!r}: a cost per call cannot be negative")
+        return weak, strong
+    if table.costs is None:
+        raise UserError("--pay needs the cost per call of each model: --costs WEAK,STRONG (the outcomes have none)")
+    return float(table.costs[table.models.index(table.weak)]), float(table.costs[table.models.index(table.strong)])
+
+
+def _print_price_choice(result: dict[str, Any], router: str, pay: float, cost_weak: float, cost_strong: float) -> None:
+    from tokenrace.routing.evaluate import choose_share
+
+    if pay <= 0:
+        raise UserError(f"--pay {pay:g}: must be positive")
+    share, pgr = result["curves"][router]
+    q_weak, q_strong = result["always_weak_quality"], result["always_strong_quality"]
+    quality = [q_weak + p * (q_strong - q_weak) for p in pgr]
+    choice = choose_share(share, quality, cost_weak, cost_strong, pay)
+    console.print(
+        f"worth {pay:g} per correct answer at {cost_weak:g} (weak) / {cost_strong:g} (strong) per call: a strong "
+        f"call pays when it adds more than {choice.break_even_gain:.4g} quality. On the held-out curve: send "
+        f"{choice.share:.1%} to the strong model, quality {choice.quality:.4f} (all weak {q_weak:.4f}, all strong "
+        f"{q_strong:.4f}), cost {choice.cost:.4g} per call (all weak {cost_weak:g}, all strong {cost_strong:g}).",
+        highlight=False,
+    )
+    console.print(f"use it: a cascade route with premium_share: {round(choice.share, 3)}", highlight=False)

@@ -35,9 +35,11 @@ import numpy as np
 from tokenrace.routing.outcomes import OutcomeTable
 
 __all__ = [
+    "PriceChoice",
     "RoutingCurve",
     "always_strong",
     "always_weak",
+    "choose_share",
     "cpt",
     "evaluate",
     "kfold_by_subject",
@@ -75,6 +77,49 @@ class RoutingCurve:
 
     def summary(self) -> dict[str, float]:
         return {"apgr": self.apgr, "cpt50": self.cpt(0.5), "cpt80": self.cpt(0.8)}
+
+
+@dataclass(frozen=True)
+class PriceChoice:
+    """The strong-call share worth paying for, and what it buys (per call)."""
+
+    share: float  # the x_k chosen
+    quality: float  # q(x_k)
+    cost: float  # cost per call at that share
+    net: float  # pay · quality − cost, the maximum
+    break_even_gain: float  # (c_strong − c_weak) / pay: a strong call is worth it when it adds more quality
+
+
+def choose_share(
+    share: Sequence[float] | np.ndarray,
+    quality: Sequence[float] | np.ndarray,
+    cost_weak: float,
+    cost_strong: float,
+    pay: float,
+) -> PriceChoice:
+    """Calibrate a router to a willingness to pay: the point of its curve that maximises
+    ``pay · q(x) − cost(x)``, with ``cost(x) = c_weak + x · (c_strong − c_weak)`` per call and ``pay`` what one
+    unit of quality (one more correct answer) is worth, in the costs' currency. Of equal maxima the smallest
+    share wins. Why a curve and not the router's own scores: the curve measured on held-out subjects says
+    what a strong call really adds there; the gateway then sends that share (``premium_share``)."""
+    x = np.asarray(share, dtype=np.float64)
+    q = np.asarray(quality, dtype=np.float64)
+    if len(x) == 0 or x.shape != q.shape:
+        raise ValueError("share and quality need the same non-zero length")
+    if not pay > 0:
+        raise ValueError(f"the price of one unit of quality must be positive, got {pay}")
+    if cost_weak < 0 or cost_strong < 0:
+        raise ValueError("costs per call cannot be negative")
+    cost = cost_weak + x * (cost_strong - cost_weak)
+    net = pay * q - cost
+    k = int(np.argmax(net))
+    return PriceChoice(
+        share=float(x[k]),
+        quality=float(q[k]),
+        cost=float(cost[k]),
+        net=float(net[k]),
+        break_even_gain=(cost_strong - cost_weak) / pay,
+    )
 
 
 def routing_curve(weak: np.ndarray, strong: np.ndarray, scores: np.ndarray) -> RoutingCurve:

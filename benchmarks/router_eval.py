@@ -69,6 +69,7 @@ from tokenrace.routing.evaluate import (
 from tokenrace.routing.outcomes import OutcomeTable, load_routellm_mmlu
 from tokenrace.routing.routers import (
     FEATURE_NAMES,
+    EmbeddingRouter,
     FeatureRouter,
     FormRouter,
     HybridRouter,
@@ -148,6 +149,7 @@ def make_routers(with_embeddings: bool, embedder: MiniLMEmbedder | None) -> dict
     }
     if with_embeddings:
         routers["knn-minilm (k=200)"] = lambda: KNNRouter(embedder, k=200)
+        routers["embed-minilm (ridge)"] = lambda: EmbeddingRouter(embedder)
         routers["hybrid (mlp16 + 0.5·knn)"] = lambda: HybridRouter(embedder)
     return routers
 
@@ -155,10 +157,10 @@ def make_routers(with_embeddings: bool, embedder: MiniLMEmbedder | None) -> dict
 def fit_and_score(make: Callable[[], Any], train: OutcomeTable, test: OutcomeTable, vectors: dict[str, np.ndarray]):
     """Fit on ``train``, score ``test``; routers that embed take the cached embeddings."""
     router = make()
-    if isinstance(router, KNNRouter | HybridRouter):
+    if isinstance(router, KNNRouter | EmbeddingRouter | HybridRouter):
         router.fit(train, np.stack([vectors[i] for i in train.ids]))
         test_vectors = np.stack([vectors[i] for i in test.ids])
-        if isinstance(router, KNNRouter):
+        if isinstance(router, KNNRouter | EmbeddingRouter):
             return router, router.score_vectors(test_vectors)
         return router, router.score_vectors(test.prompts, test_vectors)
     router.fit(train)

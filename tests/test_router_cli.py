@@ -219,6 +219,19 @@ def test_estimator_scores_the_last_user_message(trained: Path) -> None:
     assert estimator.score(with_reply) == hard  # the assistant's turn is not what is scored
 
 
+def test_estimator_loads_an_embedding_router(outcomes: Path, tmp_path: Path) -> None:
+    from tokenrace.routing.outcomes import from_jsonl
+    from tokenrace.routing.routers import EmbeddingRouter, HashingEmbedder
+
+    path = tmp_path / "embed.npz"
+    EmbeddingRouter(HashingEmbedder(dim=64), lam=10.0).fit(from_jsonl(outcomes)).save(path)
+    estimator = load_estimator(path)
+    assert estimator.name == "trained:embed" and TrainedDifficulty(estimator.router).kind == "embed"
+    hard = estimator.score([{"role": "user", "content": HARD_PROMPT}])
+    easy = estimator.score([{"role": "user", "content": "Name a river."}])
+    assert 0.0 <= easy < hard <= 1.0  # the hashed words of the hard shape carry its gain
+
+
 def test_gateway_cascade_uses_the_trained_router(trained: Path, emulator, gateway) -> None:  # noqa: F811
     messages = [{"role": "user", "content": HARD_PROMPT}]
     ours = load_estimator(trained).score(messages)

@@ -14,6 +14,7 @@ from tokenrace.records import FAILED, OK, RequestRecord, RunInfo
 from tokenrace.routing.evaluate import (
     always_strong,
     always_weak,
+    choose_share,
     evaluate,
     kfold_by_subject,
     oracle,
@@ -28,6 +29,7 @@ from tokenrace.routing.evaluate import (
 from tokenrace.routing.outcomes import OutcomeTable, from_benchmark_runs, from_jsonl, load_routellm_mmlu
 from tokenrace.routing.routers import (
     FEATURE_NAMES,
+    EmbeddingRouter,
     FeatureRouter,
     HashingEmbedder,
     HybridRouter,
@@ -128,6 +130,21 @@ def test_subject_oracle_by_hand() -> None:
     assert curve.apgr == pytest.approx(0.2 * (1 / 8 + 3 / 8 + 7 / 12 + 3 / 4 + 11 / 12))
     # It can never beat the oracle, and knowing subjects that differ beats random.
     assert evaluate(table, oracle(table)).apgr > curve.apgr > 0.5
+
+
+def test_choose_share_by_hand() -> None:
+    share, quality = [0.0, 0.5, 1.0], [0.6, 0.8, 0.85]
+    # net = pay·q − (c_w + x·(c_s − c_w)) with c_w = 0, c_s = 1.
+    middle = choose_share(share, quality, 0.0, 1.0, pay=4.0)  # 2.4, 2.7, 2.4
+    assert (middle.share, middle.quality, middle.cost, middle.net) == pytest.approx((0.5, 0.8, 0.5, 2.7))
+    assert middle.break_even_gain == pytest.approx(0.25)
+    assert choose_share(share, quality, 0.0, 1.0, pay=20.0).share == 1.0  # 12, 15.5, 16
+    assert choose_share(share, quality, 0.0, 1.0, pay=1.0).share == 0.0  # 0.6, 0.3, −0.15
+    assert choose_share(share, [0.6, 0.6, 0.6], 1.0, 1.0, pay=1.0).share == 0.0  # equal maxima: the smallest share
+    with pytest.raises(ValueError):
+        choose_share(share, quality, 0.0, 1.0, pay=0.0)
+    with pytest.raises(ValueError):
+        choose_share(share, quality[:2], 0.0, 1.0, pay=1.0)
 
 
 def test_spread_over_splits() -> None:
@@ -321,6 +338,58 @@ def test_knn_router_round_trip(tmp_path: Path) -> None:
     assert isinstance(loaded, KNNRouter) and loaded.k == 15
     assert np.allclose(loaded.score(test.prompts), router.score(test.prompts))
     assert loaded.score(test.prompts[:1]).shape == (1,)
+
+
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_embedding_router_round_trip(tmp_path: Path, hidden: int) -> None:
+    train, test = split_by_subject(_synthetic(), 0.25, 0)
+    embedder = HashingEmbedder(128)
+    router = EmbeddingRouter(embedder, hidden=hidden, members=2, epochs=20).fit(train)
+    path = tmp_path / "embed.router"
+    router.save(path)
+    loaded = load_router(path)  # rebuilds the hashing embedder from the file
+    assert isinstance(loaded, EmbeddingRouter) and loaded.hidden == hidden and loaded.kind == loaded.name == "embed"
+    assert np.array_equal(loaded.score(test.prompts), router.score(test.prompts))
+    assert loaded.score(test.prompts[:1]).shape == (1,)
+    # The given vectors are the table's own embeddings: fitting on them is fitting on the prompts.
+    again = EmbeddingRouter(embedder, hidden=hidden, members=2, epochs=20).fit(train, embedder.embed(train.prompts))
+    assert np.array_equal(again.score(test.prompts), router.score(test.prompts))
+    assert np.array_equal(router.score_vectors(embedder.embed(test.prompts)), router.score(test.prompts))
+    d = loaded.difficulty(test.prompts)
+    assert d.min() >= 0.0 and d.max() <= 1.0
+    order = np.argsort(router.score(test.prompts))
+    assert np.all(np.diff(d[order]) >= -1e-12)
+
+
+def test_embedding_router_records_its_embedder(tmp_path: Path) -> None:
+    from tokenrace.routing.routers import _read
+
+    train = _synthetic(n_subjects=3, per_subject=20)
+    path = tmp_path / "embed.router"
+    EmbeddingRouter(HashingEmbedder(64)).fit(train).save(path)
+    header, arrays = _read(path)
+    assert header["kind"] == "embed" and header["embedder"] == {"kind": "hashing", "dim": 64}
+    assert arrays["mean"].shape == (64,)
+    # An embedder given at load time replaces the recorded one, but must give vectors of the trained size.
+    assert isinstance(load_router(path, embedder=HashingEmbedder(64)), EmbeddingRouter)
+    with pytest.raises(ValueError, match="64-d"):
+        load_router(path, embedder=HashingEmbedder(32))
+
+
+def test_embedding_router_learns_from_its_input() -> None:
+    """On unseen subjects it beats random (APGR exactly 0.5 for a router that ignores its input) clearly.
+
+    Here the gain follows length and "NOT", which the hashed words carry only faintly: the defaults reach
+    0.63 averaged over three subject splits (0.58 to 0.68 each), trained on shuffled gains 0.47.
+    """
+    table = _synthetic(per_subject=60)
+    embedder = HashingEmbedder(128)
+    apgrs = []
+    for seed in range(3):
+        train, test = split_by_subject(table, 0.25, seed)
+        apgrs.append(evaluate(test, EmbeddingRouter(embedder).fit(train).score(test.prompts)).apgr)
+    assert np.mean(apgrs) > 0.58
+    assert min(apgrs) > 0.55
 
 
 @pytest.mark.parametrize("hidden", [0, 8])

@@ -24,8 +24,8 @@ from tokenrace.cli import StoreOpt, UserError, _user_errors, app, console
 router_app = typer.Typer(no_args_is_help=True, help="Weak/strong routers: evaluate on unseen subjects, train one.")
 app.add_typer(router_app, name="router")
 
-KINDS = ("length", "features", "form", "knn", "hybrid")
-EMBEDDING_KINDS = ("knn", "hybrid")
+KINDS = ("length", "features", "form", "knn", "embed", "hybrid")
+EMBEDDING_KINDS = ("knn", "embed", "hybrid")
 FORMATS = ("table", "json")
 LATENCY_PROMPTS = 200
 _SHARED = Path("shared") / "datasets" / "routellm-mmlu"
@@ -152,7 +152,14 @@ def _check_kind(kind: str) -> None:
 
 def make_router(kind: str) -> Any:
     """A fresh, unfitted router of ``kind`` (its defaults were chosen by k-fold over subjects on MMLU)."""
-    from tokenrace.routing.routers import FeatureRouter, FormRouter, HybridRouter, KNNRouter, LengthRouter
+    from tokenrace.routing.routers import (
+        EmbeddingRouter,
+        FeatureRouter,
+        FormRouter,
+        HybridRouter,
+        KNNRouter,
+        LengthRouter,
+    )
 
     _check_kind(kind)
     factories: dict[str, Callable[[], Any]] = {
@@ -160,6 +167,7 @@ def make_router(kind: str) -> Any:
         "features": FeatureRouter,
         "form": FormRouter,
         "knn": lambda: KNNRouter(k=200),
+        "embed": EmbeddingRouter,
         "hybrid": HybridRouter,
     }
     return factories[kind]()
@@ -465,7 +473,8 @@ def router_eval(
         typer.Option(
             "--router",
             "-r",
-            help="length | features | form | knn | hybrid | FILE.npz (repeatable) \\[default: length and features]",
+            help="length | features | form | knn | embed | hybrid | FILE.npz (repeatable) "
+            "\\[default: length, features, form]",
         ),
     ] = None,
     test_fraction: TestFractionOpt = 0.2,
@@ -498,7 +507,7 @@ def router_eval(
 
     A named kind is fitted on the training subjects of the split (and of each fold); a FILE.npz is scored
     as saved, so its figures are honest only if it was trained without the held-out subjects
-    (`router train --exclude-test-subjects` with the same --test-fraction and --seed). knn and hybrid
+    (`router train --exclude-test-subjects` with the same --test-fraction and --seed). knn, embed and hybrid
     embed every prompt with MiniLM: minutes on the full MMLU set. One split's figures hang on which subjects
     it drew (on MMLU the same router scores APGR 0.53 on one 20% split, 0.93 on another): `--splits 20`
     fits and judges every router on 20 distinct splits and prints mean, median and range, the figures to
@@ -580,7 +589,9 @@ def _write_outputs(doc: dict[str, Any], json_out: Path | None, html_out: Path | 
 @router_app.command("train")
 def router_train(
     output: Annotated[Path, typer.Option("--output", "-o", help="router file to write (.npz)")],
-    router: Annotated[str, typer.Option("--router", "-r", help="length | features | form | knn | hybrid")] = "form",
+    router: Annotated[
+        str, typer.Option("--router", "-r", help="length | features | form | knn | embed | hybrid")
+    ] = "form",
     data: DataOpt = None,
     exclude_test_subjects: Annotated[
         bool,

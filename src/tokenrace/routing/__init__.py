@@ -1,7 +1,7 @@
 """Routing between a weak and a strong model: outcome tables, evaluation (APGR, CPT), routers.
 
 ``outcomes`` builds the per-prompt table a router learns from, ``evaluate`` judges a router on subjects it
-never saw, ``routers`` holds the routers (length rule, question-form features, ``form``, k-NN on MiniLM,
+never saw, ``routers`` holds the routers (length rule, question-form features, ``form``, k-NN and ridge on MiniLM,
 hybrid).
 """
 
@@ -25,9 +25,18 @@ from tokenrace.routing.outcomes import (
     from_jsonl,
     load_routellm_mmlu,
 )
-from tokenrace.routing.routers import FeatureRouter, FormRouter, HybridRouter, KNNRouter, LengthRouter, load_router
+from tokenrace.routing.routers import (
+    EmbeddingRouter,
+    FeatureRouter,
+    FormRouter,
+    HybridRouter,
+    KNNRouter,
+    LengthRouter,
+    load_router,
+)
 
 __all__ = [
+    "EmbeddingRouter",
     "FeatureRouter",
     "FormRouter",
     "HybridRouter",

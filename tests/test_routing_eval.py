@@ -17,6 +17,7 @@ from tokenrace.routing.evaluate import (
     choose_share,
     evaluate,
     kfold_by_subject,
+    mean_curve,
     oracle,
     random_router,
     repeated_splits,
@@ -145,6 +146,17 @@ def test_choose_share_by_hand() -> None:
         choose_share(share, quality, 0.0, 1.0, pay=0.0)
     with pytest.raises(ValueError):
         choose_share(share, quality[:2], 0.0, 1.0, pay=1.0)
+
+
+def test_mean_curve_reads_each_curve_on_one_grid() -> None:
+    a = routing_curve(W, S, np.array([5.0, 1.0, 4.0, 3.0, 2.0]))  # PGR 0, 1, 1, 0, 0, 1 at shares 0, .2, ... 1
+    b = routing_curve(W, S, np.zeros(5))  # random: PGR = share
+    grid, pgr = mean_curve([a, b], points=11)
+    assert grid.tolist() == pytest.approx(np.linspace(0, 1, 11).tolist())
+    # at 0.1: a is halfway from 0 to 1 (0.5), b is 0.1; at 0.2: 1 and 0.2; at 0.7: halfway 0 → 0 (0), b 0.7
+    assert pgr[[0, 1, 2, 7, 10]].tolist() == pytest.approx([0.0, 0.3, 0.6, 0.35, 1.0])
+    with pytest.raises(ValueError):
+        mean_curve([])
 
 
 def test_spread_over_splits() -> None:

@@ -274,12 +274,13 @@ def repeated(
     table: Any, candidates: Sequence[_Candidate], count: int, test_fraction: float, seed: int
 ) -> dict[str, Any]:
     """Each candidate fitted and judged on ``count`` distinct by-subject splits: APGR, CPT(50%), CPT(80%)
-    summarised over them (mean, std, median, min, max), with the baselines. One split's figures hang on
-    which subjects it drew; this is the figure to compare routers by."""
-    from tokenrace.routing.evaluate import evaluate, repeated_splits, spread
+    summarised over them (mean, std, median, min, max), with the baselines, and each router's mean PGR
+    curve over the splits (``mean_pgr`` on the ``share_grid``). One split's figures hang on which subjects
+    it drew; these are the figures to compare routers by."""
+    from tokenrace.routing.evaluate import evaluate, mean_curve, repeated_splits, spread
 
     names = [name for name, _ in _baselines()] + [c.name for c in candidates]
-    per: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    curves: dict[str, list[Any]] = {name: [] for name in names}
     seeds: list[int] = []
     skipped: list[int] = []
     for split_seed, train, test in repeated_splits(table, count, test_fraction, seed):
@@ -289,16 +290,28 @@ def repeated(
             continue
         seeds.append(split_seed)
         for name, scores in _baselines():
-            per[name].append(evaluate(test, scores(test)).summary())
+            curves[name].append(evaluate(test, scores(test)))
         for candidate in candidates:
-            per[candidate.name].append(evaluate(test, candidate.fitted(train).score(test.prompts)).summary())
+            curves[candidate.name].append(evaluate(test, candidate.fitted(train).score(test.prompts)))
     if not seeds:
         raise UserError("no split by subject has the strong model ahead of the weak one: nothing to recover")
-    rows = [
-        {"router": name, **{key: spread([r[key] for r in per[name]]) for key in ("apgr", "cpt50", "cpt80")}}
-        for name in names
-    ]
-    return {"count": len(seeds), "asked": count, "seeds": seeds, "skipped_seeds": skipped, "rows": rows}
+    rows = []
+    mean_pgr: dict[str, list[float]] = {}
+    grid: list[float] = []
+    for name in names:
+        summaries = [c.summary() for c in curves[name]]
+        rows.append({"router": name, **{k: spread([r[k] for r in summaries]) for k in ("apgr", "cpt50", "cpt80")}})
+        x, pgr = mean_curve(curves[name])
+        grid, mean_pgr[name] = [round(v, 6) for v in x.tolist()], [round(v, 6) for v in pgr.tolist()]
+    return {
+        "count": len(seeds),
+        "asked": count,
+        "seeds": seeds,
+        "skipped_seeds": skipped,
+        "rows": rows,
+        "share_grid": grid,
+        "mean_pgr": mean_pgr,
+    }
 
 
 def kfold(table: Any, candidates: Sequence[_Candidate], folds: int, seed: int) -> list[dict[str, Any]]:
@@ -613,6 +626,14 @@ def router_train(
         str | None,
         typer.Option("--costs", help="WEAK,STRONG cost per call for --pay \\[default: the outcome table's costs]"),
     ] = None,
+    splits: Annotated[
+        int,
+        typer.Option(
+            "--splits",
+            help="with --pay: read the share off the router's mean curve over this many held-out splits by "
+            "subject (smoother than one split's) \\[default: the one split]",
+        ),
+    ] = 0,
     runs: RunsOpt = None,
     from_feedback: FeedbackOpt = False,
     prompts: PromptsOpt = None,
@@ -640,7 +661,10 @@ def router_train(
 
         train, _test = split_by_subject(table, test_fraction, seed)
         price = _prices(table, costs) if pay is not None else None
+        if splits < 0 or splits == 1 or (splits and pay is None):
+            raise UserError(f"--splits {splits}: give 2 or more, with --pay (0 = the one split)")
         result = held_out(table, [_Candidate(router)], test_fraction, seed)
+        over = repeated(table, [_Candidate(router)], splits, test_fraction, seed) if splits else None
         fitted_on = train if exclude_test_subjects else table
         t0 = time.perf_counter()
         trained = make_router(router).fit(fitted_on)
@@ -657,7 +681,7 @@ def router_train(
     _print_held_out(result, test_fraction, seed)
     console.print(f"use it: gateway.difficulty: {output}", highlight=False)
     if pay is not None and price is not None:
-        _print_price_choice(result, router, pay, *price)
+        _print_price_choice(table, result, over, router, pay, *price)
 
 
 def _prices(table: Any, costs: str | None) -> tuple[float, float]:
@@ -676,18 +700,34 @@ def _prices(table: Any, costs: str | None) -> tuple[float, float]:
     return float(table.costs[table.models.index(table.weak)]), float(table.costs[table.models.index(table.strong)])
 
 
-def _print_price_choice(result: dict[str, Any], router: str, pay: float, cost_weak: float, cost_strong: float) -> None:
-    from tokenrace.routing.evaluate import choose_share
+def _print_price_choice(
+    table: Any,
+    result: dict[str, Any],
+    over: dict[str, Any] | None,
+    router: str,
+    pay: float,
+    cost_weak: float,
+    cost_strong: float,
+) -> None:
+    """The share worth paying for, read off the held-out curve, or off the mean curve over ``over``'s splits
+    (whose PGR is applied to the whole table's weak-to-strong gap)."""
+    from tokenrace.routing.evaluate import always_strong, always_weak, choose_share
 
     if pay <= 0:
         raise UserError(f"--pay {pay:g}: must be positive")
-    share, pgr = result["curves"][router]
-    q_weak, q_strong = result["always_weak_quality"], result["always_strong_quality"]
+    if over is None:
+        share, pgr = result["curves"][router]
+        q_weak, q_strong = result["always_weak_quality"], result["always_strong_quality"]
+        source = "the held-out curve"
+    else:
+        share, pgr = over["share_grid"], over["mean_pgr"][router]
+        q_weak, q_strong = always_weak(table), always_strong(table)
+        source = f"the mean curve over {over['count']} held-out splits"
     quality = [q_weak + p * (q_strong - q_weak) for p in pgr]
     choice = choose_share(share, quality, cost_weak, cost_strong, pay)
     console.print(
         f"worth {pay:g} per correct answer at {cost_weak:g} (weak) / {cost_strong:g} (strong) per call: a strong "
-        f"call pays when it adds more than {choice.break_even_gain:.4g} quality. On the held-out curve: send "
+        f"call pays when it adds more than {choice.break_even_gain:.4g} quality. On {source}: send "
         f"{choice.share:.1%} to the strong model, quality {choice.quality:.4f} (all weak {q_weak:.4f}, all strong "
         f"{q_strong:.4f}), cost {choice.cost:.4g} per call (all weak {cost_weak:g}, all strong {cost_strong:g}).",
         highlight=False,

@@ -43,6 +43,7 @@ __all__ = [
     "cpt",
     "evaluate",
     "kfold_by_subject",
+    "mean_curve",
     "oracle",
     "random_router",
     "repeated_splits",
@@ -264,6 +265,15 @@ def repeated_splits(
         yield candidate, train, test
         if len(seen) == count:
             return
+
+
+def mean_curve(curves: Sequence[RoutingCurve], points: int = 101) -> tuple[np.ndarray, np.ndarray]:
+    """(share grid, mean PGR): each curve's PGR read at ``points`` evenly spaced shares (linear between its
+    own points), averaged. The curve of a router over many splits, smoother than any one of them."""
+    if not curves:
+        raise ValueError("mean of no curves")
+    grid = np.linspace(0.0, 1.0, points)
+    return grid, np.mean([np.interp(grid, c.share, c.pgr) for c in curves], axis=0)
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:

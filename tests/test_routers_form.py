@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from test_routing_eval import MMLU, needs_mmlu
 from tokenrace.routing.evaluate import evaluate, kfold_by_subject, split_by_subject
 from tokenrace.routing.outcomes import OutcomeTable, load_routellm_mmlu
 from tokenrace.routing.routers import (
@@ -16,11 +17,6 @@ from tokenrace.routing.routers import (
     LengthRouter,
     form_features,
     load_router,
-)
-
-MMLU = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "routellm-mmlu"
-needs_mmlu = pytest.mark.skipif(
-    not (MMLU / "mmlu_anatomy.csv").exists(), reason="../shared/datasets/routellm-mmlu absent"
 )
 
 

@@ -222,6 +222,9 @@ def test_train_calibrates_to_a_willingness_to_pay(outcomes: Path, tmp_path: Path
     assert alone.exit_code == 2 and "with --pay" in alone.output
     missing = runner.invoke(app, [*args, "--pay", "1"])
     assert missing.exit_code == 2 and "--costs WEAK,STRONG" in missing.output
+    free = runner.invoke(app, [*args[:-2], "-o", str(tmp_path / "never.npz"), "--pay", "0", "--costs", "0,1"])
+    assert free.exit_code == 2 and "--pay 0: must be positive" in free.output
+    assert not (tmp_path / "never.npz").exists()  # refused before any training
     bad = runner.invoke(app, [*args, "--pay", "1", "--costs", "cheap,dear"])
     assert bad.exit_code == 2 and "two numbers" in bad.output
 

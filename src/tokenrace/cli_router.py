@@ -229,7 +229,7 @@ def held_out(table: Any, candidates: Sequence[_Candidate], test_fraction: float,
     """Fit each candidate on the training subjects and judge it on the held-out ones, with the baselines."""
     import numpy as np
 
-    from tokenrace.routing.evaluate import always_strong, always_weak, evaluate, oracle, random_router
+    from tokenrace.routing.evaluate import always_strong, always_weak, evaluate
     from tokenrace.routing.evaluate import split_by_subject as split
 
     if len(table.subjects) < 2:
@@ -239,7 +239,8 @@ def held_out(table: Any, candidates: Sequence[_Candidate], test_fraction: float,
             '("group" in --prompts, or in the --data JSONL)'
         )
     train, test = split(table, test_fraction, seed)
-    rows = [_row(name, evaluate(test, scores(test))) for name, scores in _baselines()]
+    baselines = {name: evaluate(test, scores(test)) for name, scores in _baselines()}
+    rows = [_row(name, curve) for name, curve in baselines.items()]
     curves: dict[str, tuple[list[float], list[float]]] = {}
     rng = np.random.default_rng(seed)
     sample = [test.prompts[i] for i in rng.permutation(len(test))[:LATENCY_PROMPTS]]
@@ -248,9 +249,8 @@ def held_out(table: Any, candidates: Sequence[_Candidate], test_fraction: float,
         curve = evaluate(test, router.score(test.prompts))
         rows.append(_row(candidate.name, curve, *latency_ms(router, sample)))
         curves[candidate.name] = (curve.share.tolist(), curve.pgr.tolist())
-    for name, scores in (("random", random_router(test)), ("oracle", oracle(test))):
-        curve = evaluate(test, scores)
-        curves[name] = (curve.share.tolist(), curve.pgr.tolist())
+    for name in ("random", "oracle"):  # drawn; the subject-oracle is a table row only
+        curves[name] = (baselines[name].share.tolist(), baselines[name].pgr.tolist())
     curves["always-weak"] = ([0.0], [0.0])
     curves["always-strong"] = ([1.0], [1.0])
     return {
@@ -277,15 +277,14 @@ def repeated(
     summarised over them (mean, std, median, min, max), with the baselines, and each router's mean PGR
     curve over the splits (``mean_pgr`` on the ``share_grid``). One split's figures hang on which subjects
     it drew; these are the figures to compare routers by."""
-    from tokenrace.routing.evaluate import evaluate, mean_curve, repeated_splits, spread
+    from tokenrace.routing.evaluate import evaluate, has_gap, mean_curve, repeated_splits, spread
 
     names = [name for name, _ in _baselines()] + [c.name for c in candidates]
     curves: dict[str, list[Any]] = {name: [] for name in names}
     seeds: list[int] = []
     skipped: list[int] = []
     for split_seed, train, test in repeated_splits(table, count, test_fraction, seed):
-        w, s = test.pair()
-        if s.sum() <= w.sum():  # no gap to recover on these subjects: PGR is undefined
+        if not has_gap(*test.pair()):  # no gap to recover on these subjects: PGR is undefined
             skipped.append(split_seed)
             continue
         seeds.append(split_seed)
@@ -297,19 +296,18 @@ def repeated(
         raise UserError("no split by subject has the strong model ahead of the weak one: nothing to recover")
     rows = []
     mean_pgr: dict[str, list[float]] = {}
-    grid: list[float] = []
     for name in names:
         summaries = [c.summary() for c in curves[name]]
         rows.append({"router": name, **{k: spread([r[k] for r in summaries]) for k in ("apgr", "cpt50", "cpt80")}})
-        x, pgr = mean_curve(curves[name])
-        grid, mean_pgr[name] = [round(v, 6) for v in x.tolist()], [round(v, 6) for v in pgr.tolist()]
+        grid, pgr = mean_curve(curves[name])  # the same grid for every router
+        mean_pgr[name] = [round(v, 6) for v in pgr.tolist()]
     return {
         "count": len(seeds),
         "asked": count,
         "seeds": seeds,
         "skipped_seeds": skipped,
         "rows": rows,
-        "share_grid": grid,
+        "share_grid": [round(v, 6) for v in grid.tolist()],
         "mean_pgr": mean_pgr,
     }
 
@@ -660,6 +658,8 @@ def router_train(
         from tokenrace.routing.evaluate import split_by_subject
 
         train, _test = split_by_subject(table, test_fraction, seed)
+        if pay is not None and not pay > 0:  # before any training: bad input costs nothing
+            raise UserError(f"--pay {pay:g}: must be positive")
         price = _prices(table, costs) if pay is not None else None
         if splits < 0 or splits == 1 or (splits and pay is None):
             raise UserError(f"--splits {splits}: give 2 or more, with --pay (0 = the one split)")
@@ -713,8 +713,6 @@ def _print_price_choice(
     (whose PGR is applied to the whole table's weak-to-strong gap)."""
     from tokenrace.routing.evaluate import always_strong, always_weak, choose_share
 
-    if pay <= 0:
-        raise UserError(f"--pay {pay:g}: must be positive")
     if over is None:
         share, pgr = result["curves"][router]
         q_weak, q_strong = result["always_weak_quality"], result["always_strong_quality"]

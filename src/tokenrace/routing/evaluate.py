@@ -42,6 +42,7 @@ __all__ = [
     "choose_share",
     "cpt",
     "evaluate",
+    "has_gap",
     "kfold_by_subject",
     "mean_curve",
     "oracle",
@@ -123,6 +124,11 @@ def choose_share(
     )
 
 
+def has_gap(weak: np.ndarray, strong: np.ndarray) -> bool:
+    """Whether the strong model beats the weak one on these prompts: PGR is defined only then."""
+    return float(np.sum(strong) - np.sum(weak)) > _EPS
+
+
 def routing_curve(weak: np.ndarray, strong: np.ndarray, scores: np.ndarray) -> RoutingCurve:
     """The curve of a router whose scores are ``scores`` (higher = send to strong); ties averaged."""
     w = np.asarray(weak, dtype=np.float64)
@@ -134,7 +140,7 @@ def routing_curve(weak: np.ndarray, strong: np.ndarray, scores: np.ndarray) -> R
     if np.isnan(r).any():
         raise ValueError("router scores contain NaN")
     gap = float(s.sum() - w.sum())
-    if gap <= _EPS:
+    if not has_gap(w, s):
         raise ValueError(f"PGR needs the strong model to beat the weak one here (strong − weak = {gap / n:.4f})")
     order = np.argsort(-r, kind="stable")
     gain = (s - w)[order]
@@ -174,7 +180,7 @@ def within_group_apgr(
     values = []
     for group in np.unique(groups):
         m = groups == group
-        if s[m].sum() - w[m].sum() > _EPS:
+        if has_gap(w[m], s[m]):
             values.append(routing_curve(w[m], s[m], r[m]).apgr)
     return float(np.mean(values)) if values else float("nan")
 
